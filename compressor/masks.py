@@ -1,0 +1,80 @@
+"""The session's persistent masks: applied to gradients before each step, to weights after.
+
+Masks are computed by operators and owned by modifiers; the MaskSet is where they meet the
+model. Zeroing the gradient keeps momentum and Adam moments from moving pruned weights, and
+re-applying to the weights after the step undoes decoupled weight decay, so pruned weights
+stay exactly zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MaskSet:
+    """Boolean masks by fully-qualified parameter name."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._params = dict(model.named_parameters())
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._masks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self._masks.get(name)
+
+    def set(self, name: str, mask: torch.Tensor, *, apply: bool = True) -> None:
+        """Store ``mask`` (any dtype; kept as bool) for parameter ``name`` and apply it."""
+        param = self._params.get(name)
+        if param is None:
+            raise KeyError(f"no parameter named {name!r}")
+        if mask.shape != param.shape:
+            raise ValueError(
+                f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(param.shape)}"
+            )
+        self._masks[name] = mask.to(device=param.device, dtype=torch.bool)
+        if apply:
+            with torch.no_grad():
+                param.mul_(self._masks[name])
+
+    def remove(self, name: str) -> None:
+        self._masks.pop(name, None)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero masked weights (after every optimizer step)."""
+        for name, mask in self._masks.items():
+            self._params[name].mul_(mask)
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero gradients of masked weights (before every optimizer step)."""
+        for name, mask in self._masks.items():
+            grad = self._params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
+
+    def sparsity(self) -> float:
+        """Fraction of masked-out entries over the masked tensors."""
+        total = sum(m.numel() for m in self._masks.values())
+        kept = sum(int(m.sum().item()) for m in self._masks.values())
+        return 1.0 - kept / total if total else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: mask.clone() for name, mask in self._masks.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._masks = {}
+        for name, mask in state.items():
+            self.set(name, mask, apply=False)
