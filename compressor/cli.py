@@ -42,18 +42,30 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
     recipe = read_recipe(args.recipe, plugins, args.set)
     out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
-    report = run(recipe, out_dir, plugins=plugins, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    report = run(
+        recipe,
+        out_dir,
+        plugins=plugins,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     show_report(report, out_dir)
     return 0
 
 
 def show_report(report: dict[str, Any], out_dir: Path) -> None:
-    table = Table(title=f"{report['recipe']} — {report['steps']} steps, {report['wall_time_s']:.1f} s")
+    table = Table(
+        title=f"{report['recipe']} — {report['steps']} steps, {report['wall_time_s']:.1f} s"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("test accuracy", f"{100 * report['metrics']['test_accuracy']:.2f}%")
     sparsity = report["sparsity"]
-    table.add_row("sparsity (eligible weights)", f"{sparsity['global']:.4f} ({sparsity['zeros']}/{sparsity['eligible']})")
+    table.add_row(
+        "sparsity (eligible weights)",
+        f"{sparsity['global']:.4f} ({sparsity['zeros']}/{sparsity['eligible']})",
+    )
     for name, result in report.get("evaluations", {}).items():
         for key, value in _flat_numbers(result):
             table.add_row(f"{name}: {key}", f"{value:.4f}")
@@ -102,13 +114,17 @@ def cmd_explain(args: argparse.Namespace, plugins: Plugins) -> int:
     session = prepare(recipe, plugins, with_data=False).session
     clock = session.clock
     config = recipe.config
-    out.print(f"[bold]{recipe.name}[/bold]: {config.train.epochs} epochs × {clock.steps_per_epoch} steps = {clock.total_steps} optimizer steps")
+    out.print(
+        f"[bold]{recipe.name}[/bold]: {config.train.epochs} epochs × {clock.steps_per_epoch} steps = {clock.total_steps} optimizer steps"
+    )
     optimizer = f"{config.optimizer.name} (lr {config.optimizer.lr:g})"
     if config.wrapper is not None:
         optimizer = f"{config.wrapper.name} wrapping {optimizer}"
     out.print(f"optimizer: {optimizer}")
     if session.lr_schedule is not None:
-        points = ", ".join(f"step {s}: ×{session.lr_schedule(s):.3f}" for s in session.lr_schedule.milestones())
+        points = ", ".join(
+            f"step {s}: ×{session.lr_schedule(s):.3f}" for s in session.lr_schedule.milestones()
+        )
         out.print(f"lr schedule ({config.lr_schedule.kind}): {points}")
     for title, rows in session.timeline():
         table = Table(title=title, title_justify="left")
@@ -135,7 +151,7 @@ def cmd_schema(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": info.name,
             "distribution": info.distribution,
@@ -151,7 +167,9 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
     for column in ("plugin", "distribution", "version", "provides"):
         table.add_column(column)
     for row in rows:
-        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items())
+        provides = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()
+        )
         table.add_row(row["name"], row["distribution"], row["version"], provides or "(hooks only)")
     out.print(table)
     return 0
@@ -171,7 +189,9 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
     prepared.session.optimizer()
     prepared.session.load_state_dict(state["session"])
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}.pt"
-    written = plugins.hook.export(session=prepared.session, model=prepared.model, path=target, format=args.format)
+    written = plugins.hook.export(
+        session=prepared.session, model=prepared.model, path=target, format=args.format
+    )
     if written is None:
         raise CompressorError(f"no plugin exports the format '{args.format}'")
     out.print(f"wrote {written}")
@@ -179,13 +199,27 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compressor", description="Compress PyTorch models with declarative recipes.")
+    parser = argparse.ArgumentParser(
+        prog="compressor", description="Compress PyTorch models with declarative recipes."
+    )
     parser.add_argument("--version", action="version", version=f"compressor {__version__}")
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin from a Python file (repeatable)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="load a plugin from a Python file (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_set(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.epochs=2")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe value, e.g. train.epochs=2",
+        )
 
     p = sub.add_parser("run", help="train with a recipe and write a report")
     p.add_argument("recipe")

@@ -80,7 +80,7 @@ def data_path(data: Any, loc: Sequence[str | int]) -> Loc:
     alongside keeps only the real path.
     """
     out: list[str | int] = []
-    node = data
+    node: Any = data
     last = len(loc) - 1
     for i, part in enumerate(loc):
         if (
@@ -91,7 +91,7 @@ def data_path(data: Any, loc: Sequence[str | int]) -> Loc:
             and 0 <= part < len(node)
         ):
             out.append(part)
-            node = node[part]
+            node = node[part]  # type: ignore[index]
         elif isinstance(node, dict | list):
             # Not a key of this node: either a union tag (skip) or a missing/extra key (keep,
             # it is the last element and names what is missing).

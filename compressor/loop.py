@@ -185,7 +185,11 @@ def run(
             if on_step is not None:
                 on_step(session)
             if session.step % config.train.log_every == 0 or session.step == last_step:
-                bar.update(session.step, epoch=clock.epoch_of(session.step), loss=running_loss / running_count)
+                bar.update(
+                    session.step,
+                    epoch=clock.epoch_of(session.step),
+                    loss=running_loss / running_count,
+                )
             if session.step % eval_every == 0 or session.step == last_step:
                 row = evaluate(running_loss / max(running_count, 1))
                 running_loss, running_count = 0.0, 0

@@ -8,7 +8,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
     """``(accuracy, mean cross-entropy)`` of ``model`` in eval mode; restores its mode."""
     was_training = model.training
     model.eval()

@@ -20,16 +20,16 @@ class DelegatingOptimizer(torch.optim.Optimizer):
         # Deliberately no super().__init__: this object owns no parameters or state.
         self.base = base
 
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return self.base.param_groups
 
-    @property  # type: ignore[override]
-    def state(self) -> Any:
+    @property
+    def state(self) -> Any:  # type: ignore[override]
         return self.base.state
 
-    @property  # type: ignore[override]
-    def defaults(self) -> dict[str, Any]:
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
         return self.base.defaults
 
     def state_dict(self) -> dict[str, Any]:

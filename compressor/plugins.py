@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.gmp",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
+    "compressor_plugins.export",
 )
 
 
@@ -84,8 +85,9 @@ def load_plugins(
         except Exception as exc:  # a broken third-party package must say who it is
             raise PluginError(f"loading entry-point plugins failed: {exc}") from exc
         for plugin, dist in pm.list_plugin_distinfo():
-            name = pm.get_name(plugin)
-            if name is not None:
+            plugin_name = pm.get_name(plugin)
+            if plugin_name is not None:
+                name = plugin_name
                 infos[name] = PluginInfo(name, dist.metadata["name"], dist.version)
 
     for path in plugin_files:

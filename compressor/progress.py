@@ -7,7 +7,13 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichProgress
 
 console = Console(stderr=True)
@@ -16,7 +22,9 @@ console = Console(stderr=True)
 class Progress:
     """``with Progress(name, total=...) as bar: bar.update(step, loss=...)``."""
 
-    def __init__(self, description: str, *, total: int, start: int = 0, enabled: bool | None = None) -> None:
+    def __init__(
+        self, description: str, *, total: int, start: int = 0, enabled: bool | None = None
+    ) -> None:
         self.description = description
         self.total = total
         self.enabled = True if enabled is None else enabled
@@ -38,10 +46,16 @@ class Progress:
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.description, total=self.total, completed=self._start, epoch=0.0, loss=float("nan"))
+            self._task = self._bar.add_task(
+                self.description,
+                total=self.total,
+                completed=self._start,
+                epoch=0.0,
+                loss=float("nan"),
+            )
         return self
 
-    def update(self, step: int, **fields: float) -> None:
+    def update(self, step: int, **fields: Any) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, **fields)
 

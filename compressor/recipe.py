@@ -83,22 +83,22 @@ class _Resolver:
         self.registries = registries
         self.cache: dict[type, type] = {}
 
-    def type(self, tp: Any) -> Any:
+    def resolve(self, tp: Any) -> Any:
         origin = typing.get_origin(tp)
         if origin is Annotated:
             base, *meta = typing.get_args(tp)
             refs = [m for m in meta if isinstance(m, RegistryRef)]
             if refs:
-                return registry_union(self.registries.by_kind(refs[0].kind), self.type)
-            return Annotated[(self.type(base), *meta)]  # type: ignore[valid-type]
+                return registry_union(self.registries.by_kind(refs[0].kind), self.resolve)
+            return Annotated[(self.resolve(base), *meta)]  # type: ignore[valid-type]
         if origin in (list, tuple, dict) or origin in (typing.Union, types.UnionType):
             old_args = typing.get_args(tp)
-            args = tuple(self.type(a) for a in old_args)
+            args = tuple(self.resolve(a) for a in old_args)
             if all(a is b for a, b in zip(args, old_args, strict=True)):
                 return tp
             if origin in (typing.Union, types.UnionType):
                 return typing.Union[args]  # noqa: UP007
-            return origin[args] if origin is not list else list[args[0]]  # type: ignore[index]
+            return origin[args] if origin is not list else list[args[0]]  # type: ignore[index,valid-type]
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return self.model(tp)
         return tp
@@ -112,9 +112,9 @@ class _Resolver:
             refs = [m for m in info.metadata if isinstance(m, RegistryRef)]
             annotation = info.annotation
             new = (
-                registry_union(self.registries.by_kind(refs[0].kind), self.type)
+                registry_union(self.registries.by_kind(refs[0].kind), self.resolve)
                 if refs
-                else self.type(annotation)
+                else self.resolve(annotation)
             )
             if new is not annotation:
                 kept = [m for m in info.metadata if not isinstance(m, RegistryRef)]
@@ -149,10 +149,10 @@ def _plain_field(info: FieldInfo) -> Any:
 def build_recipe_model(registries: Registries) -> type[BaseModel]:
     """The recipe schema for the plugins loaded now."""
     resolver = _Resolver(registries)
-    union = lambda kind: registry_union(registries.by_kind(kind), resolver.type)  # noqa: E731
+    union = lambda kind: registry_union(registries.by_kind(kind), resolver.resolve)  # noqa: E731
 
     evaluate_fields: dict[str, Any] = {
-        entry.name: (resolver.type(entry.config) | None, None) for entry in registries.evaluators
+        entry.name: (resolver.resolve(entry.config) | None, None) for entry in registries.evaluators
     }
     evaluate_model = create_model(
         "Evaluate", __config__=ConfigDict(extra="forbid", frozen=True), **evaluate_fields
@@ -215,8 +215,8 @@ def _unwrap(tp: Any, part: str | int) -> Any:
     if origin is list and isinstance(part, int):
         return typing.get_args(tp)[0]
     if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
-        field = tp.model_fields.get(part)
-        return field.annotation if field else None
+        info = tp.model_fields.get(part)
+        return info.annotation if info else None
     return None
 
 
@@ -347,10 +347,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node: Any = data
         for key in keys[:-1]:
             index: Any = int(key) if isinstance(node, list) else key
-            if isinstance(node, dict):
-                node = node.setdefault(index, {})
-            else:
-                node = node[index]
+            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
         last: Any = int(keys[-1]) if isinstance(node, list) else keys[-1]
         node[last] = yaml.safe_load(raw)
     return data

@@ -139,7 +139,7 @@ class Registries:
         }
         for hook_name, registries in routes.items():
             hook = getattr(pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # registration order
                 info = infos[impl.plugin_name]
 
                 def register(

@@ -27,10 +27,13 @@ _KINDS: dict[str, tuple[type[nn.Module], ...]] = {
 }
 
 
+_DEFAULT_MODULES: tuple[ModuleKind, ...] = ("linear", "conv")
+
+
 class SelectionConfig(BaseModel):
     """Mixin for configs that select tensors (operators)."""
 
-    modules: list[ModuleKind] = Field(default_factory=lambda: ["linear", "conv"])
+    modules: list[ModuleKind] = Field(default_factory=lambda: list(_DEFAULT_MODULES))
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 

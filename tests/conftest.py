@@ -29,10 +29,14 @@ def plugins() -> Plugins:
 
 
 def make_recipe(text: str, plugins: Plugins | None = None) -> Recipe:
-    return recipe_from_text(text, "test.yaml", registries=(plugins or load_plugins(autoload=False)).registries)
+    return recipe_from_text(
+        text, "test.yaml", registries=(plugins or load_plugins(autoload=False)).registries
+    )
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep generated datasets out of the user's cache, but share them across tests."""
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

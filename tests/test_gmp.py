@@ -47,7 +47,10 @@ def model() -> nn.Module:
 
 
 def test_pruned_weights_stay_exactly_zero_with_momentum_and_decay(plugins: Plugins) -> None:
-    for optimizer in ("{name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.01}", "{name: adamw, weight_decay: 0.1}"):
+    for optimizer in (
+        "{name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.01}",
+        "{name: adamw, weight_decay: 0.1}",
+    ):
         net = model()
         recipe = make_recipe(RECIPE.replace("{name: %s}", optimizer), plugins)
         session = Session(net, recipe, steps_per_epoch=10, plugins=plugins)
@@ -60,7 +63,12 @@ def test_pruned_weights_stay_exactly_zero_with_momentum_and_decay(plugins: Plugi
 
 def test_dense_before_start_and_masks_frozen_after_end(plugins: Plugins) -> None:
     net = model()
-    session = Session(net, make_recipe(RECIPE.replace("%s", "sgd, lr: 0.1, momentum: 0.9"), plugins), steps_per_epoch=10, plugins=plugins)
+    session = Session(
+        net,
+        make_recipe(RECIPE.replace("%s", "sgd, lr: 0.1, momentum: 0.9"), plugins),
+        steps_per_epoch=10,
+        plugins=plugins,
+    )
     snapshots = train(net, session, 35)
     assert snapshots[0] == {}  # after step 1: start is step 2
     at_end = snapshots[19]  # masks in force after step 20 (= end, 2 epochs)
@@ -71,7 +79,12 @@ def test_dense_before_start_and_masks_frozen_after_end(plugins: Plugins) -> None
 
 def test_masks_updated_only_when_the_schedule_moves(plugins: Plugins) -> None:
     net = model()
-    session = Session(net, make_recipe(RECIPE.replace("%s", "sgd, lr: 0.1"), plugins), steps_per_epoch=10, plugins=plugins)
+    session = Session(
+        net,
+        make_recipe(RECIPE.replace("%s", "sgd, lr: 0.1"), plugins),
+        steps_per_epoch=10,
+        plugins=plugins,
+    )
     gmp = session.modifiers[0]
     seen = []
     optimizer = session.optimizer()

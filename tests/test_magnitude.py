@@ -23,7 +23,13 @@ def operator(plugins: Plugins, model: nn.Module, **config: object):  # type: ign
 def net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+        nn.Conv1d(1, 4, 3),
+        nn.BatchNorm1d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6, 5),
+        nn.LayerNorm(5),
+        nn.Linear(5, 3),
     )
 
 

@@ -50,7 +50,8 @@ CASES = {
         r"^r\.yaml:6:5: modifiers\[0\]\.schedule: missing required field 'schedule'$",
     ),
     "end_before_start": (
-        BASE + "modifiers:\n  - type: gmp\n    schedule: {kind: cubic, final: 0.9, start: 10, end: 5}\n",
+        BASE
+        + "modifiers:\n  - type: gmp\n    schedule: {kind: cubic, final: 0.9, start: 10, end: 5}\n",
         r"^r\.yaml:7:57: modifiers\[0\]\.schedule\.end: end \(5\) is before start \(10\)$",
     ),
     "two_modifiers_masking_the_same_parameters": (
@@ -59,7 +60,10 @@ CASES = {
         + "  - type: oneshot\n    sparsity: 0.5\n    operator: {kind: magnitude, include: ['1.*', '3.weight']}\n",
         r"^r\.yaml:8:5: modifiers\[1\]: masks '1\.weight', which modifiers\[0\] already masks",
     ),
-    "missing_name": (BASE.replace("name: broken\n", ""), r"^r\.yaml:1:1: name: missing required field 'name'$"),
+    "missing_name": (
+        BASE.replace("name: broken\n", ""),
+        r"^r\.yaml:1:1: name: missing required field 'name'$",
+    ),
     "unknown_model": (
         BASE.replace("name: mlp", "name: mpl"),
         r"^r\.yaml:2:15: model\.name: unknown model 'mpl' \(did you mean 'mlp'\?\)",
@@ -89,7 +93,9 @@ def test_broken_recipe_gives_one_located_line(
     assert "Traceback" not in captured.err
 
 
-def test_valid_recipe_exits_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_valid_recipe_exits_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("r.yaml").write_text(BASE)
     assert main(["validate", "r.yaml"]) == 0

@@ -38,7 +38,9 @@ def test_agp_and_cubic_are_power_three(plugins: Plugins) -> None:
     agp = build(plugins, kind="agp", final=0.9, end=40)
     cubic = build(plugins, kind="cubic", final=0.9, end=40)
     poly = build(plugins, kind="polynomial", final=0.9, end=40, power=3)
-    assert [agp(t) for t in range(41)] == [cubic(t) for t in range(41)] == [poly(t) for t in range(41)]
+    assert (
+        [agp(t) for t in range(41)] == [cubic(t) for t in range(41)] == [poly(t) for t in range(41)]
+    )
     # fast early, slow late
     assert agp(10) - agp(0) > agp(40) - agp(30)
 
