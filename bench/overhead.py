@@ -1,0 +1,109 @@
+"""Engine overhead: `compressor run` (plain SGD) versus a hand-written PyTorch loop.
+
+Same model, data, batches, optimizer and epochs; both evaluate once at the end. Runs alternate
+(engine, hand, engine, hand, ...) in one process so machine noise hits both alike; the ratio
+of medians is reported with min–max. Bar: engine / hand <= 1.03.
+
+    .venv/bin/python -m bench.overhead [--repeats 5] [--epochs 3] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import summary, write_result
+from compressor.loop import epoch_order, run
+from compressor.plugins import load_plugins
+from compressor.recipe import recipe_from_text
+from compressor_plugins.datasets import MNIST1D
+from compressor_plugins.models import MNIST1DCNN
+
+RECIPE = """\
+name: overhead-sgd
+model: {{name: mnist1d_cnn, width: 64}}
+data: {{name: mnist1d, samples: {samples}, batch_size: 128}}
+train: {{epochs: {epochs}, seed: 0, eval_every: {epochs}ep, checkpoint_every: null}}
+optimizer: {{name: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4}}
+"""
+
+
+def hand_written(epochs: int, samples: int) -> float:
+    """What a user would write by hand (train, evaluate once, save); returns seconds."""
+    started = time.perf_counter()
+    data = MNIST1D(MNIST1D.Config(name="mnist1d", samples=samples)).build()
+    torch.manual_seed(0)
+    model = MNIST1DCNN(40, 10, 64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    n, batch_size = len(data.train_x), 128
+    steps = math.ceil(n / batch_size)
+    for epoch in range(epochs):
+        order = epoch_order(0, epoch, n)
+        model.train()
+        for i in range(steps):
+            batch = order[i * batch_size : (i + 1) * batch_size]
+            x, y = data.train_x[batch], data.train_y[batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+    torch.save(model.state_dict(), Path(tempfile.mkdtemp()) / "model.pt")
+    return time.perf_counter() - started
+
+
+def engine(epochs: int, samples: int, plugins) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    recipe = recipe_from_text(RECIPE.format(epochs=epochs, samples=samples), registries=plugins.registries)
+    run(recipe, Path(tempfile.mkdtemp()) / "run", plugins=plugins, progress=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--smoke", action="store_true", help="tiny and fast: checks the script runs")
+    args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.epochs, args.samples = 1, 1, 500
+    plugins = load_plugins(autoload=False)
+    engine(1, args.samples, plugins)  # warm-up: data cache, allocator, imports
+    hand_written(1, args.samples)
+    times: dict[str, list[float]] = {"engine": [], "hand": []}
+    for _ in range(args.repeats):
+        times["engine"].append(engine(args.epochs, args.samples, plugins))
+        times["hand"].append(hand_written(args.epochs, args.samples))
+    ratios = [e / h for e, h in zip(times["engine"], times["hand"], strict=True)]
+    result = {
+        "epochs": args.epochs,
+        "samples": args.samples,
+        "repeats": args.repeats,
+        "engine_s": summary(times["engine"]),
+        "hand_s": summary(times["hand"]),
+        "ratio_of_medians": summary(times["engine"])["median"] / summary(times["hand"])["median"],
+        "pairwise_ratio": summary(ratios),
+        "bar": 1.03,
+    }
+    path = write_result("overhead-smoke" if args.smoke else "overhead", result)
+    print("| loop | median s | min–max s |")
+    print("|---|---|---|")
+    for name in ("engine", "hand"):
+        s = result[f"{name}_s"]
+        print(f"| {'compressor run' if name == 'engine' else 'hand-written'} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} |")
+    pr = result["pairwise_ratio"]
+    print(f"\nratio of medians {result['ratio_of_medians']:.3f} (pairwise {pr['median']:.3f}, {pr['min']:.3f}–{pr['max']:.3f}); bar <= 1.03")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
