@@ -33,6 +33,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.schedules",
     "compressor_plugins.magnitude",
     "compressor_plugins.gmp",
+    "compressor_plugins.nm",
+    "compressor_plugins.nm_gradual",
+    "compressor_plugins.nm_check",
+    "compressor_plugins.nm_export",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
 )
