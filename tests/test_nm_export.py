@@ -104,3 +104,19 @@ def test_export_converts_eligible_layers_and_matches_the_dense_model(tmp_path: P
     x = torch.randn(32, 128, device="cuda", dtype=torch.float16)
     reference = model.to("cuda", torch.float16)(x)
     torch.testing.assert_close(loaded(x), reference, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_benchmark_says_it_needs_cuda_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "semi_structured.py"
+    spec = importlib.util.spec_from_file_location("bench_semi_structured", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--out", str(tmp_path / "r.json")]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
