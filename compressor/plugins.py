@@ -33,6 +33,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.schedules",
     "compressor_plugins.magnitude",
     "compressor_plugins.gmp",
+    "compressor_plugins.blocks",
+    "compressor_plugins.unify",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
 )
