@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.gmp",
     "compressor_plugins.blocks",
     "compressor_plugins.unify",
+    "compressor_plugins.admm",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
 )
