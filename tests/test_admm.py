@@ -308,3 +308,32 @@ def test_recipe_smoke_on_small_data(plugins: Plugins) -> None:
     assert (first["blocks"], first["pruned"], first["unified"]) == (32, 16, 8)
     assert len(report["per_layer"]) == 5
     assert copy.deepcopy(report)  # plain data
+
+
+def test_defaults_epochs_and_target_selection(plugins: Plugins) -> None:
+    recipe = recipe_from_text(
+        """
+name: admm-defaults
+model: {name: mlp}
+data: {name: synthetic}
+train: {epochs: 3}
+optimizer: {name: sgd, lr: 0.1}
+modifiers:
+  - type: admm
+    block: [2, 2]
+    exclude: ["2.weight"]
+    update_every: 0.5ep
+""",
+        registries=plugins.registries,
+    )
+    model = small_net()
+    session = Session(model, recipe, steps_per_epoch=10, plugins=plugins)
+    admm = session.modifiers[0]
+    assert (admm.every, admm.finish) == (5, 20)  # finish defaults to two thirds of 30 steps
+    assert admm.masked_names() == {"0.weight"}
+    assert admm.timeline()[-1][0] == 20
+    before = model[2].weight.detach().clone()
+    train(model, session, 21)
+    assert admm.finished and set(session.masks) == {"0.weight"}
+    assert [h["step"] for h in admm.history] == [0, 5, 10, 15]
+    assert bool((model[2].weight != 0).all()) and not torch.equal(model[2].weight, before)
