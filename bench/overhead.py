@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from compressor_plugins.datasets import MNIST1D
+from compressor_plugins.models import MNIST1DCNN
 
 from bench.common import summary, write_result
 from compressor.loop import epoch_order, run
 from compressor.plugins import load_plugins
 from compressor.recipe import recipe_from_text
-from compressor_plugins.datasets import MNIST1D
-from compressor_plugins.models import MNIST1DCNN
 
 RECIPE = """\
 name: overhead-sgd
@@ -40,7 +40,9 @@ def hand_written(epochs: int, samples: int) -> float:
     data = MNIST1D(MNIST1D.Config(name="mnist1d", samples=samples)).build()
     torch.manual_seed(0)
     model = MNIST1DCNN(40, 10, 64)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     n, batch_size = len(data.train_x), 128
     steps = math.ceil(n / batch_size)
     for epoch in range(epochs):
@@ -62,7 +64,9 @@ def hand_written(epochs: int, samples: int) -> float:
 
 def engine(epochs: int, samples: int, plugins) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    recipe = recipe_from_text(RECIPE.format(epochs=epochs, samples=samples), registries=plugins.registries)
+    recipe = recipe_from_text(
+        RECIPE.format(epochs=epochs, samples=samples), registries=plugins.registries
+    )
     run(recipe, Path(tempfile.mkdtemp()) / "run", plugins=plugins, progress=False)
     return time.perf_counter() - started
 
@@ -72,7 +76,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--smoke", action="store_true", help="tiny and fast: checks the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny and fast: checks the script runs"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.epochs, args.samples = 1, 1, 500
@@ -99,9 +105,13 @@ def main() -> None:
     print("|---|---|---|")
     for name in ("engine", "hand"):
         s = result[f"{name}_s"]
-        print(f"| {'compressor run' if name == 'engine' else 'hand-written'} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} |")
+        print(
+            f"| {'compressor run' if name == 'engine' else 'hand-written'} | {s['median']:.2f} | {s['min']:.2f}–{s['max']:.2f} |"
+        )
     pr = result["pairwise_ratio"]
-    print(f"\nratio of medians {result['ratio_of_medians']:.3f} (pairwise {pr['median']:.3f}, {pr['min']:.3f}–{pr['max']:.3f}); bar <= 1.03")
+    print(
+        f"\nratio of medians {result['ratio_of_medians']:.3f} (pairwise {pr['median']:.3f}, {pr['min']:.3f}–{pr['max']:.3f}); bar <= 1.03"
+    )
     print(f"written to {path}")
 
 

@@ -198,6 +198,35 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
+    from compressor.compare import run_study
+    from compressor.report import render
+    from compressor.study import adhoc_study, load_study
+
+    paths = list(args.files)
+    first = read_yaml(paths[0]).data
+    if len(paths) == 1 and isinstance(first, dict) and "recipes" in first:
+        study = load_study(paths[0], plugins.registries, seeds=args.seeds, overrides=args.set)
+    else:
+        study = adhoc_study(paths, plugins.registries, seeds=args.seeds or [0], overrides=args.set)
+    out_dir = Path(args.out) if args.out else Path("runs") / "studies" / study.name
+    out.print(
+        f"study '{study.name}': {len(study.labels)} method(s) × {len(study.trials) // max(len(study.labels), 1)} "
+        f"seed(s) = {len(study.trials)} runs → {out_dir}"
+    )
+    store = run_study(study, out_dir, plugins=plugins, progress=not args.quiet)
+    store.close()
+    render(out_dir, console=out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from compressor.report import render
+
+    render(args.study_dir, console=out)
+    return 0
+
+
 def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressor", description="Compress PyTorch models with declarative recipes."
@@ -253,6 +282,20 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     p.add_argument("--format", required=True)
     p.add_argument("--out", help="file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "compare", help="compare recipes side by side (a study file, or several recipes)"
+    )
+    p.add_argument("files", nargs="+", metavar="STUDY_OR_RECIPES")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the study's, or 0)")
+    p.add_argument("--out", help="study folder (default runs/studies/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    with_set(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render a study's tables and plots from its store")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_report)
 
     plugins.hook.register_commands(cli=sub)
     return parser

@@ -89,7 +89,9 @@ class Store:
 
     def status(self, key: str, recipe_hash: str) -> str | None:
         """'done'/'failed' for a run of this exact recipe, else None."""
-        row = self.db.execute("SELECT status, recipe_hash FROM runs WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute(
+            "SELECT status, recipe_hash FROM runs WHERE key = ?", (key,)
+        ).fetchone()
         if row is None or row[1] != recipe_hash:
             return None
         return str(row[0])
@@ -117,7 +119,14 @@ class Store:
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    key, label, seed, position, recipe_name, recipe_hash, status, error,
+                    key,
+                    label,
+                    seed,
+                    position,
+                    recipe_name,
+                    recipe_hash,
+                    status,
+                    error,
                     (report or {}).get("wall_time_s"),
                     train_time / steps if train_time and steps else None,
                     json.dumps((report or {}).get("plugins", [])),
@@ -129,7 +138,10 @@ class Store:
                 db.execute("INSERT INTO metrics VALUES (?, ?, ?)", (key, name, value))
             for curve, points in (curves or {}).items():
                 for idx, (x, y, point_label) in enumerate(points):
-                    db.execute("INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)", (key, curve, idx, x, y, point_label))
+                    db.execute(
+                        "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)",
+                        (key, curve, idx, x, y, point_label),
+                    )
 
     def runs(self) -> list[RunRow]:
         rows = self.db.execute(
@@ -139,11 +151,19 @@ class Store:
         return [RunRow(*row) for row in rows]
 
     def metrics(self, key: str) -> dict[str, float]:
-        return {name: value for name, value in self.db.execute("SELECT name, value FROM metrics WHERE key = ?", (key,))}
+        return {
+            name: value
+            for name, value in self.db.execute(
+                "SELECT name, value FROM metrics WHERE key = ?", (key,)
+            )
+        }
 
     def curve(self, key: str, curve: str) -> list[tuple[float, float, str]]:
         return list(
-            self.db.execute("SELECT x, y, label FROM curves WHERE key = ? AND curve = ? ORDER BY idx", (key, curve))
+            self.db.execute(
+                "SELECT x, y, label FROM curves WHERE key = ? AND curve = ? ORDER BY idx",
+                (key, curve),
+            )
         )
 
     def report(self, key: str) -> dict[str, Any] | None:

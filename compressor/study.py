@@ -119,7 +119,9 @@ def build_study(
         source = read_yaml(base_dir / item.path)
         label = item.label or str(source.data.get("name", Path(item.path).stem))
         if label in labels:
-            raise RecipeError([Problem(source.file, 1, 1, "", f"two recipes in the study are labelled '{label}'")])
+            raise RecipeError(
+                [Problem(source.file, 1, 1, "", f"two recipes in the study are labelled '{label}'")]
+            )
         labels.append(label)
         for seed in seeds:
             recipe = _trial_recipe(source, config.shared, [*item.set, *overrides], seed, registries)
@@ -140,7 +142,9 @@ def load_study(
         config = StudyConfig.model_validate(source.data)
     except ValidationError as exc:
         raise RecipeError(validation_problems(exc, source, StudyConfig)) from None
-    return build_study(config, Path(path).parent, registries, seeds=seeds, overrides=list(overrides))
+    return build_study(
+        config, Path(path).parent, registries, seeds=seeds, overrides=list(overrides)
+    )
 
 
 def adhoc_study(
@@ -148,6 +152,8 @@ def adhoc_study(
 ) -> Study:
     """``compressor compare a.yaml b.yaml --seeds 0 1``: a study without a study file."""
     config = StudyConfig(
-        name="compare", recipes=[StudyRecipe(path=str(Path(p).resolve())) for p in paths], seeds=seeds or [0]
+        name="compare",
+        recipes=[StudyRecipe(path=str(Path(p).resolve())) for p in paths],
+        seeds=seeds or [0],
     )
     return build_study(config, Path("."), registries, seeds=seeds, overrides=overrides)
