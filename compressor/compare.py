@@ -83,7 +83,7 @@ def _run_trial(
     trial: Trial, position: int, out: Path, store: Store, plugins: Plugins, progress: bool
 ) -> None:
     run_dir = out / "runs" / trial.folder
-    common = {
+    common: dict[str, Any] = {
         "key": trial.key,
         "label": trial.label,
         "seed": trial.seed,
