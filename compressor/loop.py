@@ -83,6 +83,15 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def initial_weights(template: str, seed: int) -> dict[str, torch.Tensor]:
+    """Weights for ``train.init_from``: a state dict or a checkpoint holding one."""
+    path = Path(template.replace("{seed}", str(seed)))
+    if not path.exists():
+        raise CompressorError(f"train.init_from: {path} does not exist")
+    state = load(path)
+    return state["model"] if isinstance(state, dict) and "model" in state else state  # type: ignore[no-any-return]
+
+
 def resume_key(recipe: Recipe) -> dict[str, Any]:
     """What must match to resume: the recipe except ``train.max_steps`` (how far to go)."""
     data = recipe.to_dict()
@@ -116,6 +125,8 @@ def run(
     optimizer = session.optimizer()
     history: list[dict[str, Any]] = []
 
+    if config.train.init_from and not (resume and checkpoint_path.exists()):
+        model.load_state_dict(initial_weights(config.train.init_from, config.train.seed))
     if resume and checkpoint_path.exists():
         state = load(checkpoint_path)
         if state["resume_key"] != resume_key(recipe):

@@ -40,6 +40,11 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     device: str = "cpu"
+    init_from: str | None = Field(
+        None,
+        description="start from these weights (a state dict, or a checkpoint with a 'model' key); "
+        "'{seed}' is replaced by train.seed",
+    )
 
 
 @dataclass
