@@ -35,6 +35,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.gmp",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
+    "compressor_plugins.sam",
+    "compressor_plugins.cram",
+    "compressor_plugins.oneshot_eval",
 )
 
 
