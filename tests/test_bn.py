@@ -133,7 +133,9 @@ def test_recalibration_resets_then_estimates_from_the_calibration_data() -> None
         model[0].running_mean.fill_(100.0)
         model[0].num_batches_tracked.fill_(1000)
     x = torch.randn(400, 3) * 2 + torch.tensor([4.0, -1.0, 0.5])
-    recalibrate_bn(model, x, batches=100, batch_size=128, generator=torch.Generator().manual_seed(0))
+    recalibrate_bn(
+        model, x, batches=100, batch_size=128, generator=torch.Generator().manual_seed(0)
+    )
     first = model[0]
     assert int(first.num_batches_tracked) == 100  # reset, then one per batch
     torch.testing.assert_close(first.running_mean, x.mean(0), atol=0.25, rtol=0)
@@ -144,5 +146,7 @@ def test_recalibration_is_deterministic_for_a_seed() -> None:
     x = torch.randn(300, 3)
     a, b = _calibration_model(), _calibration_model()
     for model in (a, b):
-        recalibrate_bn(model, x, batches=5, batch_size=16, generator=torch.Generator().manual_seed(3))
+        recalibrate_bn(
+            model, x, batches=5, batch_size=16, generator=torch.Generator().manual_seed(3)
+        )
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
