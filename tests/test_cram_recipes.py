@@ -31,3 +31,13 @@ def test_recipe_validates_and_steps(name: str) -> None:
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     assert recipe.config.evaluate.oneshot.sparsities == [0.5, 0.7, 0.8, 0.9, 0.95]
+
+
+def test_docs_example_is_the_shipped_recipe() -> None:
+    """docs/methods/cram.md's first YAML block validates and equals the recipe file."""
+    import yaml
+
+    doc = (RECIPES.parent / "docs" / "methods" / "cram.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shipped = yaml.safe_load((RECIPES / "cram-plus-multi-mnist1d.yaml").read_text())
+    assert yaml.safe_load(block) == shipped
