@@ -79,6 +79,8 @@ class OneShotEval(Evaluator):
         pruned = copy.deepcopy(model)
         operator = registries.operators.build(config)
         targets = select(pruned, config)
+        if not targets:
+            raise ValueError(f"{config.kind} selects no tensors in this model")
         operator.bind(pruned, targets)
         weights = {t.name: t.param for t in targets}
         generator = torch.Generator().manual_seed(c.bn_recalibration.seed)
