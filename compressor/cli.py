@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compressor import __version__
+from compressor.compare import target_label
 from compressor.errors import CompressorError, RecipeError
 from compressor.plugins import Plugins, load_plugins
 from compressor.recipe import Recipe, apply_overrides, build_recipe_model, validate_source
@@ -66,9 +67,17 @@ def show_report(report: dict[str, Any], out_dir: Path) -> None:
         "sparsity (eligible weights)",
         f"{sparsity['global']:.4f} ({sparsity['zeros']}/{sparsity['eligible']})",
     )
+    oneshot = report.get("evaluations", {}).get("oneshot") or {}
+    for row in oneshot.get("results", []):
+        label = target_label(row["operator"], row["target_sparsity"])
+        table.add_row(
+            f"one-shot {label} (sparsity {row['sparsity']:.3f})",
+            f"{100 * row['accuracy_before_recalibration']:.2f}% → {100 * row['accuracy']:.2f}% after BN recal.",
+        )
     for name, result in report.get("evaluations", {}).items():
-        for key, value in _flat_numbers(result):
-            table.add_row(f"{name}: {key}", f"{value:.4f}")
+        if name != "oneshot":
+            for key, value in _flat_numbers(result):
+                table.add_row(f"{name}: {key}", f"{value:.4f}")
     out.print(table)
     out.print(f"report: {out_dir / 'report.json'}   checkpoint: {out_dir / 'checkpoint.pt'}")
 

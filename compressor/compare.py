@@ -22,17 +22,21 @@ from compressor.study import Study, Trial
 STORE = "results.sqlite"
 
 
+def target_label(operator: dict[str, Any], target_sparsity: float | None) -> str:
+    """'0.9' for magnitude, '2:4' for N:M, '<kind> 0.5' for any other operator."""
+    if "keep" in operator and "group" in operator:
+        return f"{operator['keep']}:{operator['group']}"
+    level = "" if target_sparsity is None else f"{target_sparsity:g}"
+    return level if operator.get("kind") == "magnitude" else f"{operator.get('kind')} {level}".strip()
+
+
 def oneshot_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
     """The one-shot robustness curve of a run: (sparsity, accuracy after BN recalibration, target)."""
     result = report.get("evaluations", {}).get("oneshot") or {}
-    points = []
-    for row in result.get("targets", []):
-        accuracy = row.get("accuracy_after", row.get("accuracy"))
-        if accuracy is not None:
-            points.append(
-                (float(row.get("sparsity", math.nan)), float(accuracy), str(row.get("target", "")))
-            )
-    return points
+    return [
+        (float(row["sparsity"]), float(row["accuracy"]), target_label(row["operator"], row["target_sparsity"]))
+        for row in result.get("results", [])
+    ]
 
 
 def training_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:

@@ -1,4 +1,4 @@
-"""Classification metrics on in-memory tensors."""
+"""Classification metrics on in-memory tensors, shared by the training loop and evaluators."""
 
 from __future__ import annotations
 
@@ -6,22 +6,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["accuracy"]
+
 
 @torch.no_grad()
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
 ) -> tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of ``model`` in eval mode; restores its mode."""
+    """Top-1 accuracy (a fraction) and mean cross-entropy of ``model`` in eval mode.
+
+    The model's train/eval mode is restored afterwards, so evaluating never changes a model.
+    """
+    if x.shape[0] == 0:
+        raise ValueError("cannot evaluate on an empty set")
     was_training = model.training
+    device = next((p.device for p in model.parameters()), x.device)
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct, total_loss = 0, 0.0
     try:
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device)
+            yb = y[start : start + batch_size].to(device)
             logits = model(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
+            total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
-    n = max(len(x), 1)
-    return correct / n, loss_sum / n
+    return correct / x.shape[0], total_loss / x.shape[0]

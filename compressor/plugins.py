@@ -43,6 +43,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.models",
     "compressor_plugins.datasets",
     "compressor_plugins.export",
+    "compressor_plugins.sam",
+    "compressor_plugins.cram",
+    "compressor_plugins.oneshot_eval",
 )
 
 

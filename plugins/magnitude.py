@@ -1,8 +1,10 @@
 """Magnitude top-k masks (METHODS.md §1), over all selected tensors (``global``) or per tensor.
 
 Keeps exactly ``k = round((1 - s)·n)`` entries by ``|w|``; ties are broken deterministically
-(the earlier index in the concatenated order is pruned first), so achieved sparsity equals the
-target to within one element per tensor.
+(among equal magnitudes the earlier index in the concatenated order is kept, as a stable
+descending sort would), so achieved sparsity equals the target to within one element per tensor.
+The mask is found in linear time (a selection for the threshold, then ties), not by sorting:
+CrAM computes one every training step.
 """
 
 from __future__ import annotations
@@ -23,12 +25,26 @@ def keep_count(n: int, sparsity: float) -> int:
 
 
 def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Boolean mask of the ``keep`` largest entries of a 1-D tensor (stable tie order)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if keep > 0:
-        order = torch.argsort(scores, descending=True, stable=True)
-        mask[order[:keep]] = True
-    return mask
+    """Boolean mask of the ``keep`` largest entries of a 1-D tensor (stable tie order).
+
+    Exactly what ``argsort(scores, descending=True, stable=True)[:keep]`` selects, found without
+    a sort: ``t`` is a selected order statistic (the keep-th largest, or the (n-keep)-th
+    smallest, whichever ``topk`` is shorter), everything above ``t`` is kept, and the first
+    ``keep - #(> t)`` entries equal to ``t`` fill the rest. No host sync, so it suits GPUs too.
+    """
+    n = scores.numel()
+    if keep <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if keep >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device)
+    if 2 * keep <= n:
+        threshold = torch.topk(scores, keep, sorted=False).values.min()
+    else:
+        threshold = torch.topk(scores, n - keep, largest=False, sorted=False).values.max()
+    above = scores > threshold
+    ties = scores == threshold
+    need = keep - above.sum()
+    return above | (ties & (torch.cumsum(ties, 0) <= need))
 
 
 class Magnitude(Operator):

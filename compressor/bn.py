@@ -1,0 +1,92 @@
+"""BatchNorm handling for extra forward passes and after one-shot compression (METHODS.md §6).
+
+* :func:`freeze_bn_stats` — SAM's and CrAM's second pass must normalise with the batch's own
+  statistics without polluting the running statistics (the perturbed or compressed weights are
+  not the model that will be evaluated).
+* :func:`recalibrate_bn` — after one-shot compression the running statistics describe the dense
+  model; re-estimating them on a little training data is what makes one-shot numbers fair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["batchnorm_layers", "freeze_bn_stats", "recalibrate_bn"]
+
+
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """Every ``_BatchNorm`` subclass in ``model`` (BatchNorm1d/2d/3d, SyncBatchNorm, lazy ones)."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def _buffers(layer: _BatchNorm) -> list[torch.Tensor]:
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    found = (getattr(layer, name, None) for name in names)
+    return [b for b in found if isinstance(b, torch.Tensor)]
+
+
+@contextmanager
+def freeze_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Leave running mean/var and ``num_batches_tracked`` exactly unchanged inside the block.
+
+    In train mode the forward still normalises with batch statistics. Two mechanisms, because
+    each alone has a gap: ``track_running_stats=False`` makes torch's layers skip the update
+    (and the ``num_batches_tracked`` increment) whatever the momentum, ``None`` included, and
+    without the ``0·NaN`` hazard of a zero momentum; restoring a snapshot of the buffers on exit
+    covers subclasses whose own ``forward`` updates them anyway.
+    """
+    layers = [layer for layer in batchnorm_layers(model) if layer.track_running_stats]
+    snapshots = [[b.clone() for b in _buffers(layer)] for layer in layers]
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, saved in zip(layers, snapshots, strict=True):
+                layer.track_running_stats = True
+                for buffer, value in zip(_buffers(layer), saved, strict=True):
+                    buffer.copy_(value)
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batches: int = 100,
+    batch_size: int = 128,
+    generator: torch.Generator,
+) -> nn.Module:
+    """Re-estimate BN running statistics on ``x``, then leave ``model`` in eval mode.
+
+    METHODS.md §6: reset running statistics, momentum 0.1, train mode, no grad, ``batches``
+    forward passes on batches of ``batch_size`` samples drawn without replacement (within a
+    batch) from ``x`` with ``generator``, then ``eval()``. Weights are never touched; each
+    layer's original momentum is restored.
+    """
+    layers = [layer for layer in batchnorm_layers(model) if layer.track_running_stats]
+    if not layers or batches <= 0:
+        model.eval()
+        return model
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = 0.1
+    device = next((p.device for p in model.parameters()), x.device)
+    size = min(batch_size, x.shape[0])
+    model.train()
+    try:
+        for _ in range(batches):
+            index = torch.randperm(x.shape[0], generator=generator)[:size]
+            model(x[index].to(device))
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
+    return model
