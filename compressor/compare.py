@@ -27,14 +27,20 @@ def target_label(operator: dict[str, Any], target_sparsity: float | None) -> str
     if "keep" in operator and "group" in operator:
         return f"{operator['keep']}:{operator['group']}"
     level = "" if target_sparsity is None else f"{target_sparsity:g}"
-    return level if operator.get("kind") == "magnitude" else f"{operator.get('kind')} {level}".strip()
+    return (
+        level if operator.get("kind") == "magnitude" else f"{operator.get('kind')} {level}".strip()
+    )
 
 
 def oneshot_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
     """The one-shot robustness curve of a run: (sparsity, accuracy after BN recalibration, target)."""
     result = report.get("evaluations", {}).get("oneshot") or {}
     return [
-        (float(row["sparsity"]), float(row["accuracy"]), target_label(row["operator"], row["target_sparsity"]))
+        (
+            float(row["sparsity"]),
+            float(row["accuracy"]),
+            target_label(row["operator"], row["target_sparsity"]),
+        )
         for row in result.get("results", [])
     ]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cram_support import (
+from .cram_support import (
     grads_at,
     make_closure,
     make_recipe,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cram_support import make_closure
+from .cram_support import make_closure
 
 from compressor import Session, load_recipe
 from compressor.plugins import default_plugins

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from compressor_plugins.oneshot_eval import calibration_subset
-from cram_support import make_recipe, plugins_with_fixed_operators
+from .cram_support import make_recipe, plugins_with_fixed_operators
 from torch import nn
 
 from compressor import Session

@@ -79,18 +79,32 @@ def test_init_from_starts_from_saved_weights(plugins: Plugins, tmp_path: Path) -
     template = str(tmp_path / "d{seed}" / "model.pt")
     (tmp_path / "d0").mkdir()
     (tmp_path / "d0" / "model.pt").write_bytes((tmp_path / "dense" / "model.pt").read_bytes())
-    recipe = make_recipe(TINY_RECIPE.replace("seed: 0,", f"seed: 0, max_steps: 1, init_from: '{template}',"), plugins)
+    recipe = make_recipe(
+        TINY_RECIPE.replace("seed: 0,", f"seed: 0, max_steps: 1, init_from: '{template}',"), plugins
+    )
     seen: list[dict[str, torch.Tensor]] = []
-    run(recipe, tmp_path / "ft", plugins=plugins, progress=False,
-        on_step=lambda s: seen.append({k: v.clone() for k, v in s.model.state_dict().items()}))
+    run(
+        recipe,
+        tmp_path / "ft",
+        plugins=plugins,
+        progress=False,
+        on_step=lambda s: seen.append({k: v.clone() for k, v in s.model.state_dict().items()}),
+    )
     fresh = make_recipe(TINY_RECIPE.replace("seed: 0,", "seed: 0, max_steps: 1,"), plugins)
     other: list[dict[str, torch.Tensor]] = []
-    run(fresh, tmp_path / "scratch", plugins=plugins, progress=False,
-        on_step=lambda s: other.append({k: v.clone() for k, v in s.model.state_dict().items()}))
+    run(
+        fresh,
+        tmp_path / "scratch",
+        plugins=plugins,
+        progress=False,
+        on_step=lambda s: other.append({k: v.clone() for k, v in s.model.state_dict().items()}),
+    )
     # one SGD step from the loaded weights stays close to them, unlike a fresh initialisation
     distance = sum(float((seen[0][k] - dense[k]).abs().sum()) for k in dense)
     fresh_distance = sum(float((other[0][k] - dense[k]).abs().sum()) for k in dense)
     assert distance < fresh_distance / 5
-    missing = make_recipe(TINY_RECIPE.replace("seed: 0,", "seed: 0, init_from: nowhere.pt,"), plugins)
+    missing = make_recipe(
+        TINY_RECIPE.replace("seed: 0,", "seed: 0, init_from: nowhere.pt,"), plugins
+    )
     with pytest.raises(CompressorError, match="nowhere.pt does not exist"):
         run(missing, tmp_path / "x", plugins=plugins, progress=False)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from cram_support import (
+from .cram_support import (
     grads_at,
     loss_of,
     make_closure,
