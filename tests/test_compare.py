@@ -182,3 +182,12 @@ def test_killed_study_resumes_without_rerunning_finished_runs(tmp_path: Path) ->
     assert len(rows) == 4
     for key, finished_at in done:
         assert rows[key] == finished_at  # not re-run
+
+
+def test_the_embedded_default_study_validates(plugins: Plugins) -> None:
+    root = Path(__file__).resolve().parents[1]
+    study = load_study(root / "recipes" / "studies" / "mnist1d.yaml", plugins.registries)
+    assert {"SGD", "SAM", "CrAM+ Multi", "GMP 90%"} <= set(study.labels)
+    epochs = {t.recipe.config.train.epochs for t in study.trials}
+    assert epochs == {8}
+    assert all(t.recipe.config.evaluate.oneshot is not None for t in study.trials)

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from compressor import Session
+from compressor.errors import RecipeError
+
 from .cram_support import (
     grads_at,
     make_closure,
@@ -20,9 +24,6 @@ from .cram_support import (
     train,
     with_params,
 )
-
-from compressor import Session
-from compressor.errors import RecipeError
 
 TARGETS = ("0.weight", "3.weight")  # the Linear weights of tiny_model()
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from .cram_support import make_closure
 
 from compressor import Session, load_recipe
 from compressor.plugins import default_plugins
+
+from .cram_support import make_closure
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 NAMES = ["sgd-mnist1d", "sam-mnist1d", "cram-mnist1d", "cram-plus-multi-mnist1d"]

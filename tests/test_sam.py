@@ -6,6 +6,9 @@ import copy
 
 import pytest
 import torch
+
+from compressor import Session
+
 from .cram_support import (
     grads_at,
     loss_of,
@@ -16,8 +19,6 @@ from .cram_support import (
     train,
     with_params,
 )
-
-from compressor import Session
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
