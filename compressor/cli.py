@@ -20,7 +20,13 @@ from compressor import __version__
 from compressor.compare import target_label
 from compressor.errors import CompressorError, RecipeError
 from compressor.plugins import Plugins, load_plugins
-from compressor.recipe import Recipe, apply_overrides, build_recipe_model, validate_source
+from compressor.recipe import (
+    Recipe,
+    apply_overrides,
+    build_recipe_model,
+    resolved_config,
+    validate_source,
+)
 from compressor.source import read_yaml
 
 out = Console(soft_wrap=True)
@@ -185,18 +191,8 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
-    from compressor.checkpoint import load
-    from compressor.loop import CHECKPOINT, prepare
-    from compressor.recipe import validate_source
-    from compressor.source import Source
-
     run_dir = Path(args.run)
-    state = load(run_dir / CHECKPOINT)
-    recipe = validate_source(Source(str(run_dir / CHECKPOINT), state["recipe"]), plugins.registries)
-    prepared = prepare(recipe, plugins, with_data=False)
-    prepared.model.load_state_dict(state["model"])
-    prepared.session.optimizer()
-    prepared.session.load_state_dict(state["session"])
+    _, prepared = _restore_run(run_dir, plugins)
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}.pt"
     written = plugins.hook.export(
         session=prepared.session, model=prepared.model, path=target, format=args.format
@@ -233,6 +229,57 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     from compressor.report import render
 
     render(args.study_dir, console=out)
+    return 0
+
+
+def _restore_run(run_dir: Path, plugins: Plugins) -> Any:
+    """Rebuild a finished run (recipe, model weights, session state) from its checkpoint."""
+    from compressor.checkpoint import load
+    from compressor.loop import CHECKPOINT, prepare
+    from compressor.source import Source
+
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise CompressorError(f"{path} not found: is {run_dir} a run folder?")
+    state = load(path)
+    recipe = validate_source(Source(str(path), state["recipe"]), plugins.registries)
+    prepared = prepare(recipe, plugins, with_data=False)
+    prepared.model.load_state_dict(state["model"])
+    prepared.session.optimizer()
+    prepared.session.load_state_dict(state["session"])
+    return recipe, prepared
+
+
+def cmd_evaluate(args: argparse.Namespace, plugins: Plugins) -> int:
+    recipe, prepared = _restore_run(Path(args.run), plugins)
+    oneshot: dict[str, Any] = {"name": "oneshot", "sparsities": args.sparsities}
+    if args.nm:
+        keep, group = (int(v) for v in args.nm.split(":"))
+        oneshot["targets"] = [{"kind": "nm", "keep": keep, "group": group}]
+    oneshot["bn_recalibration"] = {"batches": args.batches}
+    registry = plugins.registries.evaluators
+    if "oneshot" not in registry:
+        raise CompressorError("no plugin provides the 'oneshot' evaluator")
+    config = resolved_config(plugins.registries, registry.get("oneshot").config).model_validate(
+        oneshot
+    )
+    data = plugins.registries.datasets.build(recipe.config.data).build()
+    result = registry.build(config).run(prepared.session, prepared.model, data)
+    table = Table(title=f"one-shot robustness of {args.run}")
+    for column in ("target", "sparsity", "before BN recal. %", "after BN recal. %"):
+        table.add_column(column, justify="right")
+    table.add_row("dense", "", "", f"{100 * result['dense']['accuracy']:.2f}")
+    for row in result["results"]:
+        table.add_row(
+            target_label(row["operator"], row["target_sparsity"]),
+            f"{row['sparsity']:.3f}",
+            f"{100 * row['accuracy_before_recalibration']:.2f}",
+            f"{100 * row['accuracy']:.2f}",
+        )
+    out.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        out.print(f"wrote {args.json}")
     return 0
 
 
@@ -291,6 +338,22 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     p.add_argument("--format", required=True)
     p.add_argument("--out", help="file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="one-shot robustness of a finished run's model")
+    p.add_argument("run", help="run folder (holds checkpoint.pt)")
+    p.add_argument(
+        "--oneshot",
+        dest="sparsities",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.7, 0.8, 0.9, 0.95],
+        metavar="S",
+        help="global magnitude sparsities",
+    )
+    p.add_argument("--nm", help="also an N:M target, e.g. 2:4")
+    p.add_argument("--batches", type=int, default=100, help="BN re-calibration batches (0 = none)")
+    p.add_argument("--json", help="also write the result to this file")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "compare", help="compare recipes side by side (a study file, or several recipes)"

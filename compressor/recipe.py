@@ -138,6 +138,12 @@ class _Resolver:
         return result
 
 
+def resolved_config(registries: Registries, config: type[BaseModel]) -> type[BaseModel]:
+    """A plugin's config class with its ``*Spec`` fields bound to the registered unions, for
+    validating one config outside a recipe (CLI options, tests)."""
+    return _Resolver(registries).model(config)
+
+
 def _plain_field(info: FieldInfo) -> Any:
     """The field's default and description, without its type metadata (which is replaced)."""
     kwargs: dict[str, Any] = {

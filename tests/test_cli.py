@@ -76,3 +76,18 @@ def test_schema_is_json_schema_with_registered_types(capsys: pytest.CaptureFixtu
 def test_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     assert "compressor_plugins.gmp" in capsys.readouterr().out
+
+
+def test_evaluate_a_finished_run_leaves_it_untouched(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    result = tmp_path / "oneshot.json"
+    assert main(["evaluate", str(out), "--oneshot", "0.5", "0.9", "--batches", "2", "--json", str(result)]) == 0
+    text = capsys.readouterr().out
+    assert "one-shot robustness" in text and "0.9" in text
+    rows = json.loads(result.read_text())["results"]
+    assert [row["target_sparsity"] for row in rows] == [0.5, 0.9]
+    assert rows[1]["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(["evaluate", str(tmp_path / "missing")]) == 1
