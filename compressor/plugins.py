@@ -35,6 +35,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.gmp",
     "compressor_plugins.models",
     "compressor_plugins.datasets",
+    "compressor_plugins.resnet",
+    "compressor_plugins.channel",
+    "compressor_plugins.pruned_export",
 )
 
 
