@@ -92,8 +92,11 @@ class _Resolver:
                 return registry_union(self.registries.by_kind(refs[0].kind), self.type)
             return Annotated[(self.type(base), *meta)]  # type: ignore[valid-type]
         if origin in (list, tuple, dict) or origin in (typing.Union, types.UnionType):
-            args = tuple(self.type(a) for a in typing.get_args(tp))
-            if origin is types.UnionType:
+            old_args = typing.get_args(tp)
+            args = tuple(self.type(a) for a in old_args)
+            if all(a is b for a, b in zip(args, old_args, strict=True)):
+                return tp
+            if origin in (typing.Union, types.UnionType):
                 return typing.Union[args]  # noqa: UP007
             return origin[args] if origin is not list else list[args[0]]  # type: ignore[index]
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -114,6 +117,8 @@ class _Resolver:
                 else self.type(annotation)
             )
             if new is not annotation:
+                kept = [m for m in info.metadata if not isinstance(m, RegistryRef)]
+                new = Annotated[(new, *kept)] if kept else new  # type: ignore[valid-type]
                 overrides[name] = (new, _plain_field(info))
         result = cls
         if overrides:
