@@ -34,13 +34,6 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
-from pydantic import Field
-from torch import nn
-
-from compressor import hookimpl
-from compressor.errors import ConfigError
-from compressor.interfaces import Operator, OperatorConfig, Target
-from compressor.selection import matches
 from compressor_plugins.channel_groups import (
     ChannelGroup,
     channel_groups,
@@ -50,6 +43,13 @@ from compressor_plugins.channel_groups import (
     slot_mask,
 )
 from compressor_plugins.magnitude import keep_count, topk_mask
+from pydantic import Field
+from torch import nn
+
+from compressor import hookimpl
+from compressor.errors import ConfigError
+from compressor.interfaces import Operator, OperatorConfig, Target
+from compressor.selection import matches
 
 
 def keep_channels(size: int, sparsity: float, round_to: int) -> int:
@@ -103,7 +103,9 @@ class Channel(Operator):
             raise ConfigError("no prunable channel group (every group has an ignored layer)")
         self._params = dict(model.named_parameters())
 
-    def _scores(self, group: ChannelGroup, weights: Mapping[str, torch.Tensor], taylor: bool) -> torch.Tensor | None:
+    def _scores(
+        self, group: ChannelGroup, weights: Mapping[str, torch.Tensor], taylor: bool
+    ) -> torch.Tensor | None:
         total: torch.Tensor | None = None
         for slot in group.scored_slots():
             if slot.name not in weights:
@@ -138,7 +140,9 @@ class Channel(Operator):
         if all(self._grad(name, weights[name]) is not None for name in names):
             return True
         if not self._warned:
-            warnings.warn("channel operator: taylor score without gradients; using l1", stacklevel=3)
+            warnings.warn(
+                "channel operator: taylor score without gradients; using l1", stacklevel=3
+            )
             self._warned = True
         return False
 

@@ -193,7 +193,11 @@ def _slots_for(
         return [Slot(name, dim, positions, channels, role, scored)]
 
     if isinstance(module, _WEIGHTED):
-        if isinstance(module, _CONV + _TRANSPOSED) and module.groups > 1 and not _is_depthwise(module):
+        if (
+            isinstance(module, _CONV + _TRANSPOSED)
+            and module.groups > 1
+            and not _is_depthwise(module)
+        ):
             raise ValueError(f"grouped convolution {prefix!r} is not supported by channel pruning")
         if out or _is_depthwise(module):
             dim = 1 if isinstance(module, _TRANSPOSED) else 0

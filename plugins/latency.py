@@ -50,7 +50,5 @@ def compare_latency(
         for name, values in times.items()
     }
     first = next(iter(models))
-    out["speedup"] = {
-        name: out[first]["median_ms"] / out[name]["median_ms"] for name in models
-    }
+    out["speedup"] = {name: out[first]["median_ms"] / out[name]["median_ms"] for name in models}
     return out

@@ -26,12 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from compressor import hookimpl
-from compressor.checkpoint import atomic_save, atomic_write_json
-from compressor.errors import CompressorError
-from compressor.interfaces import DataInfo
 from compressor_plugins.channel_groups import (
     ChannelGroup,
     build_graph,
@@ -42,8 +36,15 @@ from compressor_plugins.channel_groups import (
     require_torch_pruning,
 )
 from compressor_plugins.latency import compare_latency
+from torch import nn
+
+from compressor import hookimpl
+from compressor.checkpoint import atomic_save, atomic_write_json
+from compressor.errors import CompressorError
+from compressor.interfaces import DataInfo
 
 FORMAT = "compressor-pruned/1"
+LATENCY_REPEATS = 20  # alternating timed runs per model and batch size in the export report
 
 # Module attributes that follow a tensor's shape, per module kind.
 _SIZE_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
@@ -65,7 +66,12 @@ class ExportError(CompressorError):
     """The pruned model does not reproduce the masked one (or cannot be built)."""
 
 
-def _zero(group: ChannelGroup, model_params: Mapping[str, torch.Tensor], roles: set[str], scored: bool | None = None) -> torch.Tensor:
+def _zero(
+    group: ChannelGroup,
+    model_params: Mapping[str, torch.Tensor],
+    roles: set[str],
+    scored: bool | None = None,
+) -> torch.Tensor:
     """Per channel: are all entries on the group's slots of ``roles`` exactly zero?"""
     zero = torch.ones(group.size, dtype=torch.bool)
     for slot in group.slots:
@@ -172,7 +178,9 @@ def serialized_bytes(obj: Any) -> int:
 
 
 def pruned_payload(
-    small: nn.Module, input_shape: list[int], model_spec: dict[str, Any] | None = None,
+    small: nn.Module,
+    input_shape: list[int],
+    model_spec: dict[str, Any] | None = None,
     num_classes: int | None = None,
 ) -> dict[str, Any]:
     """What :func:`save_pruned` writes: plain tensors, ints and strings only."""
@@ -202,15 +210,14 @@ def shrink_to(model: nn.Module, payload: Mapping[str, Any]) -> nn.Module:
     for key, tensor in state.items():
         owner, _, leaf = key.rpartition(".")
         module = model.get_submodule(owner)
-        if leaf in module._parameters and module._parameters[leaf] is not None:
-            current = module._parameters[leaf]
-            if current.shape != tensor.shape:
-                module._parameters[leaf] = nn.Parameter(
-                    torch.empty_like(tensor), requires_grad=current.requires_grad
-                )
-        elif leaf in module._buffers and module._buffers[leaf] is not None:
-            if module._buffers[leaf].shape != tensor.shape:
-                module._buffers[leaf] = torch.empty_like(tensor)
+        param = module._parameters.get(leaf)
+        buffer = module._buffers.get(leaf)
+        if param is not None and param.shape != tensor.shape:
+            module._parameters[leaf] = nn.Parameter(
+                torch.empty_like(tensor), requires_grad=param.requires_grad
+            )
+        elif buffer is not None and buffer.shape != tensor.shape:
+            module._buffers[leaf] = torch.empty_like(tensor)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -245,7 +252,7 @@ def export_report(
     path: Path,
     *,
     batches: tuple[int, ...] = (1, 64),
-    repeats: int = 20,
+    repeats: int | None = None,
 ) -> dict[str, Any]:
     """Add file sizes and alternating CPU latency (dense vs pruned) to ``report``."""
     dense = copy.deepcopy(model).cpu().eval()
@@ -257,7 +264,9 @@ def export_report(
     report["latency_cpu"] = {}
     for batch in batches:
         x = torch.randn(batch, *report["input_shape"])
-        timing = compare_latency({"dense": dense, "pruned": small}, x, repeats=repeats)
+        timing = compare_latency(
+            {"dense": dense, "pruned": small}, x, repeats=repeats or LATENCY_REPEATS
+        )
         report["latency_cpu"][f"batch{batch}"] = timing
     return report
 
@@ -282,9 +291,7 @@ def export(session: Any, model: nn.Module, path: Path, format: str) -> Path | No
     shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
     x = example_input(model, shape)
     small, report = export_pruned(model, masks, x)
-    payload = pruned_payload(
-        small, report["input_shape"], spec, info.num_classes if info else None
-    )
+    payload = pruned_payload(small, report["input_shape"], spec, info.num_classes if info else None)
     path = save_pruned(payload, Path(path))
     export_report(model, small, report, payload, path)
     atomic_write_json(report, path.with_suffix(".json"))

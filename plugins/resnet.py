@@ -21,8 +21,14 @@ from pydantic import Field
 from torch import nn
 
 from compressor import hookimpl
-from compressor.interfaces import DataInfo, DatasetBuilder, DatasetConfig, DataSplits, ModelBuilder
-from compressor.interfaces import TypeConfig
+from compressor.interfaces import (
+    DataInfo,
+    DatasetBuilder,
+    DatasetConfig,
+    DataSplits,
+    ModelBuilder,
+    TypeConfig,
+)
 
 
 class BasicBlock(nn.Module):
