@@ -1,9 +1,10 @@
 """Side-by-side CPU latency: models timed in alternation, so machine noise hits all alike.
 
 Shared machines drift (other jobs, frequency scaling); timing model A for a minute and then
-model B compares two different machines. We interleave single forward passes A, B, A, B, ...
-after a warm-up and report the median and min–max per model, plus median ratios against the
-first model (BENCHMARKS.md: compare as ratios measured side by side, quote medians).
+model B compares two different machines. We interleave single forward passes after a warm-up,
+rotating which model goes first each round (A B C, B C A, ...), and report the median and
+min–max per model plus median ratios against the first model (BENCHMARKS.md: compare as
+ratios measured side by side, quote medians).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def compare_latency(
         for _ in range(warmup):
             for model in models.values():
                 model(x)
-        for _ in range(repeats):
-            for name, model in models.items():
+        names = list(models)
+        for round_ in range(repeats):
+            shift = round_ % len(names)  # rotate who goes first: no position bias
+            for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
-                model(x)
+                models[name](x)
                 times[name].append((time.perf_counter() - start) * 1e3)
     out: dict[str, Any] = {
         name: {
