@@ -45,6 +45,7 @@ from compressor.interfaces import DataInfo
 
 FORMAT = "compressor-pruned/1"
 LATENCY_REPEATS = 20  # alternating timed runs per model and batch size in the export report
+LATENCY_THREADS = 1  # torch CPU threads while timing: one thread is reproducible on shared hosts
 
 # Module attributes that follow a tensor's shape, per module kind.
 _SIZE_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
@@ -261,13 +262,18 @@ def export_report(
         "dense": serialized_bytes(dense.state_dict()),
         "pruned": path.stat().st_size if path.exists() else serialized_bytes(payload),
     }
-    report["latency_cpu"] = {}
-    for batch in batches:
-        x = torch.randn(batch, *report["input_shape"])
-        timing = compare_latency(
-            {"dense": dense, "pruned": small}, x, repeats=repeats or LATENCY_REPEATS
-        )
-        report["latency_cpu"][f"batch{batch}"] = timing
+    report["latency_cpu"] = {"threads": LATENCY_THREADS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        for batch in batches:
+            x = torch.randn(batch, *report["input_shape"])
+            timing = compare_latency(
+                {"dense": dense, "pruned": small}, x, repeats=repeats or LATENCY_REPEATS
+            )
+            report["latency_cpu"][f"batch{batch}"] = timing
+    finally:
+        torch.set_num_threads(threads)
     return report
 
 

@@ -125,7 +125,7 @@ def test_export_hook_writes_model_and_report(
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["params"]["pruned"] < report["params"]["dense"]
     assert report["file_bytes"]["pruned"] < report["file_bytes"]["dense"]
-    assert set(report["latency_cpu"]) == {"batch1", "batch64"}
+    assert set(report["latency_cpu"]) == {"threads", "batch1", "batch64"}
     assert report["latency_cpu"]["batch1"]["pruned"]["median_ms"] > 0
     reloaded = load_pruned(written, registries=plugins.registries)  # rebuilt from the spec
     assert reloaded(torch.randn(2, *RESNET_SHAPE)).shape == (2, 10)
