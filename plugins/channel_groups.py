@@ -139,10 +139,13 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
 
 def output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """Conv/linear modules whose output *is* a model output (the classifier): never pruned
-    at their outputs, since that would change the model's output shape."""
+    at their outputs, since that would change the model's output shape. When an op without
+    weights follows (``log_softmax(fc(x))``), the last conv/linear to run is taken instead."""
     produced: dict[int, nn.Module] = {}
+    order: list[nn.Module] = []
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        order.append(module)
         for tensor in _tensors(output):
             produced[id(tensor)] = module
 
@@ -153,6 +156,8 @@ def output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
         with torch.no_grad():
             out = model(x)
         found = [produced[id(t)] for t in _tensors(out) if id(t) in produced]
+        if not found and order:
+            found = [order[-1]]
     finally:
         model.train(was_training)
         for handle in handles:
@@ -262,7 +267,7 @@ def slot_mask(slot: Slot, shape: torch.Size, keep: torch.Tensor) -> torch.Tensor
     """A boolean mask of ``shape``: False on every position of a dropped channel."""
     dropped = ~keep[slot.channels.to(keep.device)]
     mask = torch.ones(shape, dtype=torch.bool, device=keep.device)
-    index = [slice(None)] * len(shape)
+    index: list[slice | torch.Tensor] = [slice(None)] * len(shape)
     index[slot.dim] = slot.positions.to(keep.device)[dropped]
     mask[tuple(index)] = False
     return mask

@@ -234,3 +234,14 @@ def test_gmp_prunes_channels_gradually_and_the_result_exports(plugins: Plugins) 
     small, report = export_pruned(model.eval(), dict(session.masks.state_dict()))
     assert report["max_abs_diff"] <= 1e-5
     assert all(group["kept"] == 4 for group in report["groups"].values())
+
+
+def test_output_layer_behind_a_weightless_op_is_still_protected() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4), nn.LogSoftmax(dim=1)).eval()
+    op = bound(model, example_input_shape=[6])
+    masks = op.masks(weights(op), 0.5)
+    assert dropped_rows(masks["2.weight"]) == set()
+    assert len(dropped_rows(masks["0.weight"])) == 4
+    small, _ = export_pruned(model, masks)
+    assert small(torch.randn(3, 6)).shape == (3, 4)
