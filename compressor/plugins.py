@@ -46,6 +46,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.sam",
     "compressor_plugins.cram",
     "compressor_plugins.oneshot_eval",
+    "compressor_plugins.resnet",
+    "compressor_plugins.channel",
+    "compressor_plugins.pruned_export",
 )
 
 
