@@ -78,12 +78,29 @@ def test_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "compressor_plugins.gmp" in capsys.readouterr().out
 
 
-def test_evaluate_a_finished_run_leaves_it_untouched(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_a_finished_run_leaves_it_untouched(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
     before = (out / "checkpoint.pt").read_bytes()
     result = tmp_path / "oneshot.json"
-    assert main(["evaluate", str(out), "--oneshot", "0.5", "0.9", "--batches", "2", "--json", str(result)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--oneshot",
+                "0.5",
+                "0.9",
+                "--batches",
+                "2",
+                "--json",
+                str(result),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "one-shot robustness" in text and "0.9" in text
     rows = json.loads(result.read_text())["results"]
