@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from compressor_plugins.datasets import MNIST1D
-from compressor_plugins.models import MNIST1DCNN
 
 from bench.common import summary, write_result
 from compressor.loop import epoch_order, run
 from compressor.plugins import load_plugins
 from compressor.recipe import recipe_from_text
+from compressor_plugins.datasets import MNIST1D
+from compressor_plugins.models import MNIST1DCNN
 
 RECIPE = """\
 name: overhead-sgd

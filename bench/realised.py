@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from compressor.plugins import load_plugins
+from compressor.selection import select_targets
 from compressor_plugins.channel import Channel
 from compressor_plugins.latency import compare_latency
 from compressor_plugins.magnitude import Magnitude
 from compressor_plugins.pruned_export import count_macs_params, export_pruned, serialized_bytes
 from compressor_plugins.resnet import ResNetCIFAR
-from torch import nn
-
-from compressor.plugins import load_plugins
-from compressor.selection import select_targets
 
 RESULTS = Path(__file__).parent / "results"
 BARS = {1: 1.7, 64: 1.5}

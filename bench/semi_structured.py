@@ -58,8 +58,9 @@ def verdict(speedup: float) -> str:
 
 @torch.no_grad()
 def bench_linear(size: int, batches: list[int], warmup: int, iters: int) -> list[dict[str, Any]]:
-    from compressor_plugins.nm import nm_mask
     from torch.sparse import to_sparse_semi_structured
+
+    from compressor_plugins.nm import nm_mask
 
     generator = torch.Generator(device="cuda").manual_seed(size)
     weight = torch.randn(size, size, device="cuda", dtype=torch.float16, generator=generator)

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from compressor_plugins.models import MNIST1DCNN
 from torch import nn
 
 from compressor import Session
 from compressor.recipe import recipe_from_text
+from compressor_plugins.models import MNIST1DCNN
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_cost.json"
 

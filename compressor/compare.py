@@ -56,6 +56,11 @@ def metrics_of(report: dict[str, Any]) -> dict[str, float]:
         "sparsity": float(report["sparsity"]["global"]),
         "train_time_s": float(report.get("train_time_s", math.nan)),
     }
+    realised = report.get("evaluations", {}).get("realised") or {}
+    if realised:
+        metrics["stored_kb"] = realised["bytes"]["exported"] / 1024
+        for batch, timing in realised["latency_ms"].items():
+            metrics[f"speedup_{batch}"] = timing["speedup"]
     for sparsity, accuracy, target in oneshot_points(report):
         metrics[f"oneshot@{target}"] = accuracy
         metrics[f"oneshot_sparsity@{target}"] = sparsity

@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compressor_plugins.resnet",
     "compressor_plugins.channel",
     "compressor_plugins.pruned_export",
+    "compressor_plugins.realised_eval",
 )
 
 

@@ -24,6 +24,13 @@ import math
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
+
+from compressor import hookimpl
+from compressor.interfaces import Modifier, TypeConfig
+from compressor.selection import SelectionConfig
+from compressor.session import Session
+from compressor.steps import StepSpec
 from compressor_plugins.blocks import BlockLayout, View, check_block, from_blocks, to_blocks
 from compressor_plugins.unify import (
     FREE,
@@ -36,13 +43,6 @@ from compressor_plugins.unify import (
     magnitudes,
     sigma,
 )
-from pydantic import Field, field_validator, model_validator
-
-from compressor import hookimpl
-from compressor.interfaces import Modifier, TypeConfig
-from compressor.selection import SelectionConfig
-from compressor.session import Session
-from compressor.steps import StepSpec
 
 
 class RhoConfig(TypeConfig):

@@ -21,11 +21,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from compressor_plugins.magnitude import keep_count, topk_mask
 from pydantic import field_validator
 
 from compressor import hookimpl
 from compressor.interfaces import Operator, OperatorConfig
+from compressor_plugins.magnitude import keep_count, topk_mask
 
 View = Literal["in_k", "k_in"]
 

@@ -34,6 +34,13 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
+from pydantic import Field
+from torch import nn
+
+from compressor import hookimpl
+from compressor.errors import ConfigError
+from compressor.interfaces import Operator, OperatorConfig, Target
+from compressor.selection import matches
 from compressor_plugins.channel_groups import (
     ChannelGroup,
     channel_groups,
@@ -43,13 +50,6 @@ from compressor_plugins.channel_groups import (
     slot_mask,
 )
 from compressor_plugins.magnitude import keep_count, topk_mask
-from pydantic import Field
-from torch import nn
-
-from compressor import hookimpl
-from compressor.errors import ConfigError
-from compressor.interfaces import Operator, OperatorConfig, Target
-from compressor.selection import matches
 
 
 def keep_channels(size: int, sparsity: float, round_to: int) -> int:

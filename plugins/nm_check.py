@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from compressor_plugins.nm import groupable, input_dim, nm_violations
 from torch import nn
 
 from compressor import hookimpl
 from compressor.errors import CompressorError
 from compressor.selection import select_targets
+from compressor_plugins.nm import groupable, input_dim, nm_violations
 
 Status = Literal["satisfied", "violated", "skipped"]
 

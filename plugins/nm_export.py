@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from compressor_plugins.nm import nm_violations
 from torch import nn
 
 from compressor import hookimpl
 from compressor.checkpoint import atomic_save, atomic_write_json
 from compressor.errors import CompressorError
+from compressor_plugins.nm import nm_violations
 
 FORMAT = "semi-structured"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from compressor_plugins.nm import NM, nm_ramp_mask
 from pydantic import Field
 
 from compressor import hookimpl
 from compressor.errors import ConfigError
 from compressor.interfaces import Modifier, OperatorSpec, ScheduleSpec, TypeConfig
 from compressor.session import Session
+from compressor_plugins.nm import NM, nm_ramp_mask
 
 
 def default_nm() -> dict[str, Any]:

@@ -26,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from compressor import hookimpl
+from compressor.checkpoint import atomic_save, atomic_write_json
+from compressor.errors import CompressorError
+from compressor.interfaces import DataInfo
 from compressor_plugins.channel_groups import (
     ChannelGroup,
     build_graph,
@@ -36,12 +42,6 @@ from compressor_plugins.channel_groups import (
     require_torch_pruning,
 )
 from compressor_plugins.latency import compare_latency
-from torch import nn
-
-from compressor import hookimpl
-from compressor.checkpoint import atomic_save, atomic_write_json
-from compressor.errors import CompressorError
-from compressor.interfaces import DataInfo
 
 FORMAT = "compressor-pruned/1"
 LATENCY_REPEATS = 20  # alternating timed runs per model and batch size in the export report

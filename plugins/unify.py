@@ -26,6 +26,10 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+
+from compressor import hookimpl
+from compressor.interfaces import Operator
 from compressor_plugins.blocks import (
     BlockConfigMixin,
     BlockLayout,
@@ -34,10 +38,6 @@ from compressor_plugins.blocks import (
     layout_of,
     to_blocks,
 )
-from pydantic import Field, model_validator
-
-from compressor import hookimpl
-from compressor.interfaces import Operator
 
 FREE, PRUNED, UNIFIED = 0, 1, 2
 """Block labels (int8)."""

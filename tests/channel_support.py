@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from compressor_plugins.models import MNIST1DCNN
-from compressor_plugins.resnet import ResNetCIFAR
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from compressor_plugins.models import MNIST1DCNN
+from compressor_plugins.resnet import ResNetCIFAR
 
 RESNET_SHAPE = (3, 16, 16)
 

@@ -17,13 +17,12 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
-from compressor_plugins.blocks import layout_of, to_blocks  # noqa: E402
-from compressor_plugins.unify import PRUNED, UNIFIED  # noqa: E402
-
 from compressor import Session  # noqa: E402
 from compressor.checkpoint import atomic_save, load  # noqa: E402
 from compressor.plugins import Plugins, load_plugins  # noqa: E402
 from compressor.recipe import Recipe, apply_overrides, recipe_from_text  # noqa: E402
+from compressor_plugins.blocks import layout_of, to_blocks  # noqa: E402
+from compressor_plugins.unify import PRUNED, UNIFIED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

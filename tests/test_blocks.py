@@ -11,6 +11,9 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
+from compressor import Session  # noqa: E402
+from compressor.plugins import Plugins, load_plugins  # noqa: E402
+from compressor.recipe import recipe_from_text  # noqa: E402
 from compressor_plugins.blocks import (  # noqa: E402
     expand,
     from_blocks,
@@ -18,10 +21,6 @@ from compressor_plugins.blocks import (  # noqa: E402
     layout_of,
     to_blocks,
 )
-
-from compressor import Session  # noqa: E402
-from compressor.plugins import Plugins, load_plugins  # noqa: E402
-from compressor.recipe import recipe_from_text  # noqa: E402
 
 SHAPES = [(8, 8), (5, 7), (64, 1, 5), (6, 3, 3, 3), (7, 5, 3), (3, 2, 2, 2, 2)]
 BLOCKS = [(4, 4), (1, 4), (3, 2), (1, 1), (16, 16)]

@@ -8,15 +8,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from compressor_plugins.channel import Channel, keep_channels
-from compressor_plugins.channel_groups import example_input
-from compressor_plugins.pruned_export import export_pruned
 from torch import nn
 
 from compressor import Session
 from compressor.errors import CompressorError, ConfigError
 from compressor.plugins import Plugins
 from compressor.selection import select_targets
+from compressor_plugins.channel import Channel, keep_channels
+from compressor_plugins.channel_groups import example_input
+from compressor_plugins.pruned_export import export_pruned
 
 from .channel_support import mnist1d_cnn, resnet20
 from .conftest import make_recipe

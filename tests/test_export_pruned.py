@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from compressor import Session
+from compressor.plugins import Plugins
+from compressor.selection import select_targets
 from compressor_plugins import pruned_export
 from compressor_plugins.channel import Channel
 from compressor_plugins.pruned_export import (
@@ -16,11 +21,6 @@ from compressor_plugins.pruned_export import (
     pruned_payload,
     save_pruned,
 )
-from torch import nn
-
-from compressor import Session
-from compressor.plugins import Plugins
-from compressor.selection import select_targets
 
 from .channel_support import RESNET_SHAPE, mnist1d_cnn, resnet20
 from .conftest import make_recipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from compressor_plugins.magnitude import keep_count, topk_mask
 
 

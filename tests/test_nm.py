@@ -15,6 +15,10 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
+from compressor import Session  # noqa: E402
+from compressor.errors import RecipeError  # noqa: E402
+from compressor.plugins import Plugins, load_plugins  # noqa: E402
+from compressor.recipe import load_recipe, recipe_from_text  # noqa: E402
 from compressor_plugins.models import MNIST1DCNN  # noqa: E402
 from compressor_plugins.nm import (  # noqa: E402
     NMSkippedWarning,
@@ -25,11 +29,6 @@ from compressor_plugins.nm import (  # noqa: E402
     nm_violations,
     to_group_layout,
 )
-
-from compressor import Session  # noqa: E402
-from compressor.errors import RecipeError  # noqa: E402
-from compressor.plugins import Plugins, load_plugins  # noqa: E402
-from compressor.recipe import load_recipe, recipe_from_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCATED = re.compile(r"^test\.yaml:\d+:\d+: ")

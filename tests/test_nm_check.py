@@ -13,11 +13,10 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
-from compressor_plugins.nm import nm_mask  # noqa: E402
-from compressor_plugins.nm_check import check_nm  # noqa: E402
-
 from compressor.errors import CompressorError  # noqa: E402
 from compressor.plugins import load_plugins  # noqa: E402
+from compressor_plugins.nm import nm_mask  # noqa: E402
+from compressor_plugins.nm_check import check_nm  # noqa: E402
 
 
 def pruned_model() -> nn.Module:

@@ -12,11 +12,10 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
-from compressor_plugins import nm_export  # noqa: E402
-from compressor_plugins.nm import nm_mask  # noqa: E402
-
 from compressor.errors import CompressorError  # noqa: E402
 from compressor.plugins import Plugins, load_plugins  # noqa: E402
+from compressor_plugins import nm_export  # noqa: E402
+from compressor_plugins.nm import nm_mask  # noqa: E402
 
 NO_GPU = (
     "semi-structured export needs a CUDA GPU with compute capability >= 8.0; "

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from compressor_plugins.oneshot_eval import calibration_subset
 from torch import nn
 
 from compressor import Session
 from compressor.errors import RecipeError
 from compressor.interfaces import DataInfo, DataSplits
 from compressor.metrics import accuracy
+from compressor_plugins.oneshot_eval import calibration_subset
 
 from .cram_support import make_recipe, plugins_with_fixed_operators
 

@@ -14,6 +14,10 @@ from torch import nn
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
+from compressor import Session  # noqa: E402
+from compressor.errors import RecipeError  # noqa: E402
+from compressor.plugins import Plugins, load_plugins  # noqa: E402
+from compressor.recipe import recipe_from_text  # noqa: E402
 from compressor_plugins.blocks import layout_of, to_blocks  # noqa: E402
 from compressor_plugins.unify import (  # noqa: E402
     FREE,
@@ -26,11 +30,6 @@ from compressor_plugins.unify import (  # noqa: E402
     sigma,
     unify_blocks,
 )
-
-from compressor import Session  # noqa: E402
-from compressor.errors import RecipeError  # noqa: E402
-from compressor.plugins import Plugins, load_plugins  # noqa: E402
-from compressor.recipe import recipe_from_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
