@@ -55,13 +55,21 @@ class GMP(Modifier):
         self.operator = session.build_operator(config.operator)
         self.schedule = session.build_schedule(config.schedule)
         self.start, self.end = self.schedule.span() or (0, session.clock.total_steps)
+        self.check_schedule()
+        self.current: float | None = None
+
+    def check_schedule(self) -> None:
+        """Raise ConfigError when the schedule asks for what the operator cannot give."""
         for step, field in ((self.start, "initial"), (self.end, "final")):
             value = self.schedule(step)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"sparsity must be in [0, 1), got {value:g}", ("schedule", field))
         if self.operator.fixed_sparsity() is not None:
             check_fixed(self.operator, self.schedule(self.end), ("schedule", "final"))
-        self.current: float | None = None
+
+    def prune_to(self, session: Session, target: float) -> None:
+        """Set the masks for sparsity ``target`` (subclasses change how)."""
+        apply_masks(session, self.operator, target)
 
     def masked_names(self) -> set[str]:
         return {t.name for t in self.operator.targets}
@@ -73,7 +81,7 @@ class GMP(Modifier):
         target = self.schedule(step)
         if target == self.current or (self.current is None and target <= 0.0):
             return
-        apply_masks(session, self.operator, target)
+        self.prune_to(session, target)
         self.current = target
 
     def timeline(self) -> list[tuple[int, str]]:

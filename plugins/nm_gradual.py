@@ -17,8 +17,9 @@ from pydantic import Field
 
 from compressor import hookimpl
 from compressor.errors import ConfigError
-from compressor.interfaces import Modifier, OperatorSpec, ScheduleSpec, TypeConfig
+from compressor.interfaces import OperatorSpec, ScheduleSpec, TypeConfig
 from compressor.session import Session
+from compressor_plugins.gmp import GMP
 from compressor_plugins.nm import NM, nm_ramp_mask
 
 
@@ -26,23 +27,23 @@ def default_nm() -> dict[str, Any]:
     return {"kind": "nm", "keep": 2, "group": 4}
 
 
-class GradualNM(Modifier):
+class GradualNM(GMP):
+    """GMP whose masks follow the N:M ramp; schedule checks are N:M-specific."""
+
+    operator: NM
+
     class Config(TypeConfig):
         type: Literal["gradual_nm"]
         operator: OperatorSpec = Field(default_factory=default_nm, validate_default=True)
         schedule: ScheduleSpec
 
-    def __init__(self, config: Any, session: Session) -> None:
-        super().__init__(config, session)
-        operator = session.build_operator(config.operator)
+    def check_schedule(self) -> None:
+        operator = self.operator
         if not isinstance(operator, NM):
             raise ConfigError(
-                f"gradual_nm needs an N:M operator (kind: nm), got kind: {config.operator.kind}",
+                f"gradual_nm needs an N:M operator (kind: nm), got kind: {self.config.operator.kind}",
                 ("operator", "kind"),
             )
-        self.operator = operator
-        self.schedule = session.build_schedule(config.schedule)
-        self.start, self.end = self.schedule.span() or (0, session.clock.total_steps)
         fixed = operator.fixed_sparsity()
         final = self.schedule(self.end)
         if abs(final - fixed) > 1e-9:
@@ -57,18 +58,11 @@ class GradualNM(Modifier):
                 f"initial sparsity must be in [0, {fixed:g}], got {initial:g}",
                 ("schedule", "initial"),
             )
-        self.current: float | None = None
 
     def masked_names(self) -> set[str]:
         return {t.name for t in self.operator.active_targets()}
 
-    def update(self, session: Session) -> None:
-        step = session.step
-        if step < self.start or step > self.end:
-            return
-        target = self.schedule(step)
-        if target == self.current or (self.current is None and target <= 0.0):
-            return
+    def prune_to(self, session: Session, target: float) -> None:
         fraction = min(1.0, max(0.0, target / self.operator.fixed_sparsity()))
         for t in self.operator.active_targets():
             mask = nm_ramp_mask(
@@ -79,7 +73,6 @@ class GradualNM(Modifier):
                 session.masks.get(t.name),
             )
             session.masks.set(t.name, mask)
-        self.current = target
 
     def timeline(self) -> list[tuple[int, str]]:
         fixed = self.operator.fixed_sparsity()
@@ -105,12 +98,6 @@ class GradualNM(Modifier):
             "masked_tensors": len(self.masked_names()),
             "skipped_tensors": list(self.operator.skipped),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"current": self.current}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = state["current"]
 
 
 @hookimpl
