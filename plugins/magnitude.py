@@ -3,14 +3,14 @@
 Keeps exactly ``k = round((1 - s)·n)`` entries by ``|w|``; ties are broken deterministically
 (among equal magnitudes the earlier index in the concatenated order is kept, as a stable
 descending sort would), so achieved sparsity equals the target to within one element per tensor.
-The mask is found in linear time (a selection for the threshold, then ties), not by sorting:
-CrAM computes one every training step.
+The mask is found without sorting and, for large models, without concatenating the tensors
+(a sampled bracket, then an exact selection inside it): CrAM computes one every training step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -24,27 +24,66 @@ def keep_count(n: int, sparsity: float) -> int:
     return min(n, max(0, math.floor((1.0 - sparsity) * n + 0.5)))
 
 
-def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Boolean mask of the ``keep`` largest entries of a 1-D tensor (stable tie order).
+SELECT_DIRECTLY = 1 << 18  # candidate sets this small go straight to kthvalue
+SAMPLE = 1 << 16  # strided sample used to bracket the threshold
 
-    Exactly what ``argsort(scores, descending=True, stable=True)[:keep]`` selects, found without
-    a sort: ``t`` is a selected order statistic (the keep-th largest, or the (n-keep)-th
-    smallest, whichever ``topk`` is shorter), everything above ``t`` is kept, and the first
-    ``keep - #(> t)`` entries equal to ``t`` fill the rest. No host sync, so it suits GPUs too.
+
+def kth_smallest(chunks: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """The exact ``k``-th smallest value (1-based) over 1-D ``chunks``, without concatenating
+    them (BENCHMARKS.md S). A strided sample brackets the answer; one exact count below the
+    bracket and one selection inside it leave a few candidates for ``kthvalue``. A bracket that
+    misses (possible with a skewed sample) is widened, so the result is always exact."""
+    total = sum(c.numel() for c in chunks)
+    if total <= SELECT_DIRECTLY:
+        return torch.kthvalue(torch.cat(list(chunks)), k).values
+    stride = max(1, total // SAMPLE)
+    sample = torch.cat([c[::stride] for c in chunks]).sort().values
+    margin = 4 * int(sample.numel() ** 0.5) + 8  # many standard deviations of the sample quantile
+    position = k / total * sample.numel()
+    for _ in range(4):
+        low, high = int(position) - margin, int(position) + margin
+        left = sample[low] if low >= 0 else sample.new_tensor(-math.inf)
+        right = sample[high] if high < sample.numel() else sample.new_tensor(math.inf)
+        under = sum(int((c < left).sum()) for c in chunks)
+        inside = [c[(c >= left) & (c <= right)] for c in chunks]
+        if under < k <= under + sum(x.numel() for x in inside):
+            return torch.kthvalue(torch.cat(inside), k - under).values
+        margin *= 8
+    return torch.kthvalue(torch.cat(list(chunks)), k).values
+
+
+def topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.Tensor]:
+    """Boolean masks of the ``keep`` largest entries over all 1-D ``scores`` together.
+
+    Exactly what a stable descending argsort of their concatenation would keep: everything
+    above the threshold (the keep-th largest value), then the earliest entries equal to it.
     """
-    n = scores.numel()
-    if keep <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if keep >= n:
-        return torch.ones(n, dtype=torch.bool, device=scores.device)
-    if 2 * keep <= n:
-        threshold = torch.topk(scores, keep, sorted=False).values.min()
+    n = sum(s.numel() for s in scores)
+    if keep <= 0 or keep >= n:
+        return [torch.full_like(s, keep > 0, dtype=torch.bool) for s in scores]
+    if n <= SELECT_DIRECTLY:  # small: one partial selection over the concatenation is fastest
+        flat = torch.cat(list(scores))
+        if 2 * keep <= n:
+            threshold = torch.topk(flat, keep, sorted=False).values.min()
+        else:
+            threshold = torch.topk(flat, n - keep, largest=False, sorted=False).values.max()
     else:
-        threshold = torch.topk(scores, n - keep, largest=False, sorted=False).values.max()
-    above = scores > threshold
-    ties = scores == threshold
-    need = keep - above.sum()
-    return above | (ties & (torch.cumsum(ties, 0) <= need))
+        threshold = kth_smallest(scores, n - keep + 1)
+    masks = [s > threshold for s in scores]
+    need = keep - sum(int(m.sum()) for m in masks)
+    for i, s in enumerate(scores):
+        if need <= 0:
+            break
+        ties = s == threshold
+        take = ties & (torch.cumsum(ties, 0) <= need)
+        need -= int(take.sum())
+        masks[i] = masks[i] | take
+    return masks
+
+
+def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of the ``keep`` largest entries of a 1-D tensor (stable tie order)."""
+    return topk_masks([scores], keep)[0]
 
 
 class Magnitude(Operator):
@@ -70,13 +109,9 @@ class Magnitude(Operator):
                 ).view_as(weights[name])
                 for name in names
             }
-        flat = torch.cat([weights[name].detach().abs().flatten() for name in names])
-        mask = topk_mask(flat, keep_count(flat.numel(), sparsity))
-        out, offset = {}, 0
-        for name in names:
-            n = weights[name].numel()
-            out[name] = mask[offset : offset + n].view_as(weights[name])
-            offset += n
+        scores = [weights[name].detach().abs().flatten() for name in names]
+        masks = topk_masks(scores, keep_count(sum(x.numel() for x in scores), sparsity))
+        out = {name: mask.view_as(weights[name]) for name, mask in zip(names, masks, strict=True)}
         return out
 
 

@@ -85,3 +85,22 @@ def test_magnitude_needs_a_sparsity(plugins: Plugins) -> None:
     op = operator(plugins, model)
     with pytest.raises(ValueError, match="needs a target sparsity"):
         op.masks({t.name: t.param for t in op.targets}, None)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "many_zeros", "few_values"])
+def test_histogram_selection_matches_a_stable_sort_on_large_inputs(distribution: str) -> None:
+    from compressor_plugins.magnitude import SELECT_DIRECTLY, keep_count, topk_masks
+
+    g = torch.Generator().manual_seed(1)
+    sizes = [SELECT_DIRECTLY // 2, 7, SELECT_DIRECTLY, 1000]
+    chunks = [torch.randn(n, generator=g).abs() for n in sizes]
+    if distribution == "many_zeros":  # late GMP: most weights already exactly zero
+        chunks = [c * (torch.rand(c.numel(), generator=g) > 0.85) for c in chunks]
+    if distribution == "few_values":  # heavy ties everywhere
+        chunks = [torch.randint(0, 5, (c.numel(),), generator=g).float() for c in chunks]
+    flat = torch.cat(chunks)
+    for sparsity in (0.5, 0.9, 0.97):
+        keep = keep_count(flat.numel(), sparsity)
+        expected = torch.zeros(flat.numel(), dtype=torch.bool)
+        expected[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
+        assert torch.equal(torch.cat(topk_masks(chunks, keep)), expected)

@@ -26,10 +26,21 @@ modifiers:
 def evaluate(plugins: Plugins, operator: str) -> dict:  # type: ignore[type-arg]
     torch.manual_seed(0)
     model = MNIST1DCNN(40, 10, width=8)
-    session = Session(model, make_recipe(RECIPE.replace("OPERATOR", operator), plugins), steps_per_epoch=4, plugins=plugins)
+    session = Session(
+        model,
+        make_recipe(RECIPE.replace("OPERATOR", operator), plugins),
+        steps_per_epoch=4,
+        plugins=plugins,
+    )
     session.begin()
     x = torch.randn(16, 40)
-    data = DataSplits(x, torch.zeros(16, dtype=torch.long), x, torch.zeros(16, dtype=torch.long), DataInfo((40,), 10))
+    data = DataSplits(
+        x,
+        torch.zeros(16, dtype=torch.long),
+        x,
+        torch.zeros(16, dtype=torch.long),
+        DataInfo((40,), 10),
+    )
     config = Realised.Config(batch_sizes=[1, 4], repeats=3)
     return Realised(config).run(session, model, data)
 
@@ -54,11 +65,22 @@ def test_trained_model_is_not_modified(plugins: Plugins) -> None:
     torch.manual_seed(0)
     model: nn.Module = MNIST1DCNN(40, 10, width=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    session = Session(model, make_recipe(RECIPE.replace("OPERATOR", "{kind: channel}"), plugins), steps_per_epoch=4, plugins=plugins)
+    session = Session(
+        model,
+        make_recipe(RECIPE.replace("OPERATOR", "{kind: channel}"), plugins),
+        steps_per_epoch=4,
+        plugins=plugins,
+    )
     session.begin()
     masked = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(8, 40)
-    data = DataSplits(x, torch.zeros(8, dtype=torch.long), x, torch.zeros(8, dtype=torch.long), DataInfo((40,), 10))
+    data = DataSplits(
+        x,
+        torch.zeros(8, dtype=torch.long),
+        x,
+        torch.zeros(8, dtype=torch.long),
+        DataInfo((40,), 10),
+    )
     Realised(Realised.Config(batch_sizes=[1], repeats=2)).run(session, model, data)
     assert all(torch.equal(masked[k], v) for k, v in model.state_dict().items())
     assert before.keys() == masked.keys()
