@@ -125,6 +125,12 @@ def run(
     optimizer = session.optimizer()
     history: list[dict[str, Any]] = []
 
+    def test_metrics() -> dict[str, float]:
+        acc, loss = accuracy(model, data.test_x, data.test_y, config.data.eval_batch_size)
+        return {"test_accuracy": acc, "test_loss": loss}
+
+    session.evaluator = test_metrics
+
     if config.train.init_from and not (resume and checkpoint_path.exists()):
         model.load_state_dict(initial_weights(config.train.init_from, config.train.seed))
     if resume and checkpoint_path.exists():

@@ -102,6 +102,7 @@ class Session:
         self._check_overlaps()
         self._observed = bool(self.plugins.hook.step_finished.get_hookimpls())
         self._started = False
+        self.evaluator: Callable[[], dict[str, float]] | None = None
         self.plugins.hook.session_started(session=self)
 
     # -- building plugin objects -------------------------------------------------------------
@@ -171,6 +172,11 @@ class Session:
             if term is not None:
                 total = total + term
         return total
+
+    def evaluate(self) -> dict[str, float] | None:
+        """Test metrics of the model as it is now, if the training loop set ``evaluator``
+        (the built-in loop does); modifiers use it to report accuracy around a hard change."""
+        return self.evaluator() if self.evaluator is not None else None
 
     def begin(self) -> None:
         """Apply the step-0 state (first masks, LR). Idempotent; the first optimizer step calls

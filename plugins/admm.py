@@ -195,6 +195,7 @@ class ADMM(Modifier):
 
     @torch.no_grad()
     def _finish(self, step: int, session: Session) -> None:
+        before = session.evaluate()
         weights = {n: p.detach() for n, p in self.params.items()}
         self.labels = self.operator.labels(weights)
         gap = norm = 0.0
@@ -211,6 +212,10 @@ class ADMM(Modifier):
             "projection_distance": math.sqrt(gap / norm) if norm > 0 else 0.0,
             "residual_before": last,
         }
+        after = session.evaluate()
+        if before is not None and after is not None:
+            self.finish_info["accuracy_before_projection"] = before["test_accuracy"]
+            self.finish_info["accuracy_after_projection"] = after["test_accuracy"]
         self.finished = True
         self.Z = self.U = None
 

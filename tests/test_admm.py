@@ -336,3 +336,23 @@ modifiers:
     assert admm.finished and set(session.masks) == {"0.weight"}
     assert [h["step"] for h in admm.history] == [0, 5, 10, 15]
     assert bool((model[2].weight != 0).all()) and not torch.equal(model[2].weight, before)
+
+
+def test_built_in_loop_reports_accuracy_around_the_hard_projection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compressor.loop import run
+    from compressor.plugins import load_plugins
+    from compressor.recipe import recipe_from_text
+
+    plugins = load_plugins(autoload=False)
+    recipe = recipe_from_text(
+        "name: admm-loop\nmodel: {name: mlp, hidden: [16]}\n"
+        "data: {name: synthetic, samples: 64, test_samples: 32, features: 8, classes: 3, batch_size: 16}\n"
+        "train: {epochs: 2}\noptimizer: {name: sgd, lr: 0.1}\n"
+        "modifiers:\n  - {type: admm, block: [2, 2], prune_ratio: 0.5, unify_ratio: 0.25, update_every: 2, finish_at: 4}\n",
+        registries=plugins.registries,
+    )
+    report = run(recipe, tmp_path / "run", plugins=plugins, progress=False)
+    finish = report["modifiers"][0]["finish"]
+    assert finish["step"] == 4
+    assert 0.0 <= finish["accuracy_before_projection"] <= 1.0
+    assert 0.0 <= finish["accuracy_after_projection"] <= 1.0
