@@ -4,7 +4,7 @@ Same model, data, batches, optimizer and epochs; both evaluate once at the end. 
 (engine, hand, engine, hand, ...) in one process so machine noise hits both alike; the ratio
 of medians is reported with min–max. Bar: engine / hand <= 1.03.
 
-    .venv/bin/python -m bench.overhead [--repeats 5] [--epochs 3] [--smoke]
+    .venv/bin/python -m bench.overhead [--repeats 5] [--epochs 3] [--threads 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny and fast: checks the script runs"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both loops")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.smoke:
         args.repeats, args.epochs, args.samples = 1, 1, 500
     plugins = load_plugins(autoload=False)
@@ -94,6 +96,7 @@ def main() -> None:
         "epochs": args.epochs,
         "samples": args.samples,
         "repeats": args.repeats,
+        "threads": args.threads,
         "engine_s": summary(times["engine"]),
         "hand_s": summary(times["hand"]),
         "ratio_of_medians": summary(times["engine"])["median"] / summary(times["hand"])["median"],
