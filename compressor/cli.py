@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -108,8 +110,13 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
         try:
             recipe = read_recipe(path, plugins, args.set)
             session = prepare(recipe, plugins, with_data=False).session
+            session.optimizer()  # builds the wrapper: its config is checked against the model
         except RecipeError as exc:
             err.print(str(exc), markup=False, highlight=False)
+            failed = True
+            continue
+        except CompressorError as exc:
+            err.print(f"{path}: error: {exc}", markup=False, highlight=False)
             failed = True
             continue
         clock = session.clock
@@ -254,15 +261,20 @@ def cmd_evaluate(args: argparse.Namespace, plugins: Plugins) -> int:
     recipe, prepared = _restore_run(Path(args.run), plugins)
     oneshot: dict[str, Any] = {"name": "oneshot", "sparsities": args.sparsities}
     if args.nm:
-        keep, group = (int(v) for v in args.nm.split(":"))
-        oneshot["targets"] = [{"kind": "nm", "keep": keep, "group": group}]
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", args.nm)
+        if not match:
+            raise CompressorError(f"--nm takes N:M such as 2:4, not {args.nm!r}")
+        oneshot["targets"] = [{"kind": "nm", "keep": int(match[1]), "group": int(match[2])}]
     oneshot["bn_recalibration"] = {"batches": args.batches}
     registry = plugins.registries.evaluators
     if "oneshot" not in registry:
         raise CompressorError("no plugin provides the 'oneshot' evaluator")
-    config = resolved_config(plugins.registries, registry.get("oneshot").config).model_validate(
-        oneshot
-    )
+    schema = resolved_config(plugins.registries, registry.get("oneshot").config)
+    try:
+        config = schema.model_validate(oneshot)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CompressorError(f"bad evaluate options: {problems}") from None
     data = plugins.registries.datasets.build(recipe.config.data).build()
     result = registry.build(config).run(prepared.session, prepared.model, data)
     table = Table(title=f"one-shot robustness of {args.run}")

@@ -27,9 +27,10 @@ def target_label(operator: dict[str, Any], target_sparsity: float | None) -> str
     if "keep" in operator and "group" in operator:
         return f"{operator['keep']}:{operator['group']}"
     level = "" if target_sparsity is None else f"{target_sparsity:g}"
-    return (
-        level if operator.get("kind") == "magnitude" else f"{operator.get('kind')} {level}".strip()
-    )
+    if operator.get("kind") == "magnitude":
+        return level if operator.get("scope", "global") == "global" else f"layer {level}"
+    shape = "x".join(map(str, operator["block"])) + " " if "block" in operator else ""
+    return f"{operator.get('kind')} {shape}{level}".strip()
 
 
 def oneshot_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
@@ -107,8 +108,10 @@ def _run_trial(
         "recipe_hash": trial.recipe.hash(),
     }
     checkpoint = run_dir / CHECKPOINT
-    fresh = checkpoint.exists() and load(checkpoint).get("resume_key") != resume_key(trial.recipe)
     try:
+        fresh = checkpoint.exists() and load(checkpoint).get("resume_key") != resume_key(
+            trial.recipe
+        )
         report = run(
             trial.recipe,
             run_dir,

@@ -290,5 +290,9 @@ class Evaluator:
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    def check(self, session: Session) -> None:
+        """Raise ConfigError (loc relative to this config) if it cannot work for the session's
+        model; called when the run is prepared, so mistakes surface before training."""
+
     def run(self, session: Session, model: nn.Module, data: DataSplits) -> dict[str, Any]:
         raise NotImplementedError

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.checkpoint import atomic_save, atomic_write_json, load
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, ConfigError
 from compressor.interfaces import DataSplits
 from compressor.metrics import accuracy
 from compressor.plugins import Plugins, default_plugins
@@ -64,6 +64,13 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
         steps_per_epoch=steps_per_epoch(train_size, config.data.batch_size),
         plugins=plugins,
     )
+    for name, evaluator_config in config.evaluate:
+        if evaluator_config is not None:
+            evaluator = registries.evaluators.build(evaluator_config)
+            try:
+                evaluator.check(session)
+            except ConfigError as exc:
+                raise recipe.error(("evaluate", name, *exc.loc), exc.message) from None
     return Prepared(data, model, session)
 
 
@@ -191,8 +198,6 @@ def run(
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x), y) + session.penalty()
                 loss.backward()
-                if config.train.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
                 return loss
 
             loss = optimizer.step(closure)

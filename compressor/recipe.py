@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from compressor.errors import Loc, Problem, RecipeError, data_path, did_you_mean
@@ -40,6 +48,24 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"'{device}' is not a torch device (cpu, cuda, cuda:1, mps, ...)"
+            ) from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"'{device}' asked for, but this machine has no CUDA GPU")
+        if parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"'{device}' asked for, but MPS is not available here")
+        return device
+
     init_from: str | None = Field(
         None,
         description="start from these weights (a state dict, or a checkpoint with a 'model' key); "

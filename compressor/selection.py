@@ -78,12 +78,14 @@ def select_targets(
     """The eligible weights of ``model`` in module order."""
     kinds = tuple(cls for kind in modules for cls in _KINDS[kind])
     targets = []
+    seen: set[int] = set()  # a parameter shared by two modules (tied weights) is one target
     for module_name, module in model.named_modules():
         if not isinstance(module, kinds):
             continue
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter):
+        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
             continue
+        seen.add(id(weight))
         name = f"{module_name}.weight" if module_name else "weight"
         if include and not any(matches(name, p) for p in include):
             continue

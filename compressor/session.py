@@ -41,6 +41,8 @@ class SessionOptimizer(DelegatingOptimizer):
     def __init__(self, inner: torch.optim.Optimizer, session: Session) -> None:
         super().__init__(inner)
         self.session = session
+        # train.grad_clip: per backward pass, after masking (pruned gradients never count)
+        self.grad_clip: float | None = session.recipe.config.train.grad_clip
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self.session.begin()
@@ -57,6 +59,8 @@ class SessionOptimizer(DelegatingOptimizer):
             def masked_closure() -> Any:
                 loss = closure()
                 masks.mask_grads()
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.session.model.parameters(), self.grad_clip)
                 return loss
 
             loss = self.base.step(masked_closure)
@@ -241,6 +245,7 @@ class Session:
             "step": self.step,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "masks": self.masks.state_dict(),
             "modifiers": [m.state_dict() for m in self.modifiers],
             "optimizer": self.optimizer_.state_dict() if self.optimizer_ is not None else None,
@@ -253,6 +258,8 @@ class Session:
         self.step = int(state["step"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.masks.load_state_dict(state["masks"])
         for modifier, modifier_state in zip(self.modifiers, state["modifiers"], strict=True):
             modifier.load_state_dict(modifier_state)

@@ -26,7 +26,7 @@ def _check_spec(value: object) -> object:
             )
         return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
     if isinstance(value, int):
         if value < 0:
             raise ValueError("steps must be >= 0")

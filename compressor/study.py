@@ -100,7 +100,12 @@ def _trial_recipe(
     source: Source, shared: dict[str, Any], overrides: list[str], seed: int, registries: Registries
 ) -> Recipe:
     data = deep_merge(source.data, shared)
-    data = apply_overrides(data, [*overrides, f"train.seed={seed}"])
+    try:
+        data = apply_overrides(data, [*overrides, f"train.seed={seed}"])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise RecipeError(
+            [Problem(source.file, 1, 1, "", f"bad override for this recipe: {exc}")]
+        ) from None
     return validate_source(Source(source.file, data, source.values, source.keys), registries)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from compressor import hookimpl
 from compressor.bn import recalibrate_bn
+from compressor.errors import ConfigError
 from compressor.interfaces import DataSplits, Evaluator, OperatorSpec, Sparsity, TypeConfig
 from compressor.metrics import accuracy
 from compressor.selection import select, sparsity_stats
@@ -50,6 +51,19 @@ class OneShotEval(Evaluator):
         )
         bn_recalibration: BNRecalibration = Field(default_factory=BNRecalibration)
         batch_size: int = Field(1024, gt=0, description="evaluation batch size")
+
+    def check(self, session: Session) -> None:
+        """Every operator must select tensors of this model (found before training, not after)."""
+        where: list[tuple[Any, tuple[str | int, ...]]] = [(self.config.operator, ("operator",))]
+        where += [(config, ("targets", i)) for i, config in enumerate(self.config.targets)]
+        for config, loc in where:
+            if not select(session.model, config):
+                raise ConfigError(
+                    "selects no tensors in this model (check modules/include/exclude)", loc
+                )
+            operator = session.registries.operators.build(config)
+            if operator.fixed_sparsity() is None and not self.config.sparsities:
+                raise ConfigError("needs at least one of 'sparsities'", ("sparsities",))
 
     def run(self, session: Session | None, model: nn.Module, data: DataSplits) -> dict[str, Any]:
         c = self.config

@@ -38,7 +38,7 @@ class Realised(Evaluator):
         try:
             exported, report = export_pruned(trained, masks, example)
             note = None
-        except ExportError as exc:  # keep the dense model and say why
+        except (ExportError, ValueError, RuntimeError) as exc:  # keep the dense model, say why
             exported, report, note = trained, {}, str(exc)
         result: dict[str, Any] = {
             "mask_sparsity": session.sparsity()["global"],

@@ -108,3 +108,26 @@ def test_evaluate_a_finished_run_leaves_it_untouched(
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert (out / "checkpoint.pt").read_bytes() == before
     assert main(["evaluate", str(tmp_path / "missing")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--nm", "2-4"], "--nm takes N:M such as 2:4"),
+        (["--oneshot", "1.5"], "bad evaluate options"),
+        (["--nm", "4:4"], "bad evaluate options"),
+    ],
+)
+def test_evaluate_rejects_bad_options_cleanly(
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), *options]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -135,7 +135,7 @@ def test_failing_run_is_reported_and_the_study_goes_on(plugins: Plugins, tmp_pat
         "GMP 50%/seed1": "done",
     }
     failed = [r for r in store.runs() if r.status == "failed"][0]
-    assert "nowhere" in (failed.error or "")
+    assert "missing.pt does not exist" in (failed.error or "")
     assert (tmp_path / "out" / "runs" / "sgd-seed0" / "error.txt").exists()
 
 

@@ -104,3 +104,24 @@ def test_histogram_selection_matches_a_stable_sort_on_large_inputs(distribution:
         expected = torch.zeros(flat.numel(), dtype=torch.bool)
         expected[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
         assert torch.equal(torch.cat(topk_masks(chunks, keep)), expected)
+
+
+def test_tied_weights_are_one_target() -> None:
+    embedding = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embedding.weight
+    model = nn.Sequential(embedding, head)
+    assert [t.name for t in select_targets(model, modules=["linear", "embedding"])] == ["0.weight"]
+
+
+def test_target_labels_keep_distinct_operators_apart() -> None:
+    from compressor.compare import target_label
+
+    labels = {
+        target_label({"kind": "magnitude", "scope": "global"}, 0.9),
+        target_label({"kind": "magnitude", "scope": "layer"}, 0.9),
+        target_label({"kind": "nm", "keep": 2, "group": 4}, None),
+        target_label({"kind": "block", "block": [4, 4]}, 0.5),
+        target_label({"kind": "block", "block": [1, 4]}, 0.5),
+    }
+    assert labels == {"0.9", "layer 0.9", "2:4", "block 4x4 0.5", "block 1x4 0.5"}

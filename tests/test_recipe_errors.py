@@ -105,3 +105,43 @@ def test_valid_recipe_exits_zero(
 def test_missing_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read file" in capsys.readouterr().err
+
+
+LATE_CASES = {
+    "evaluator_selects_nothing": (
+        BASE
+        + "evaluate:\n  oneshot: {sparsities: [0.5], operator: {kind: magnitude, include: ['nothing.*']}}\n",
+        r"^r\.yaml:6:\d+: evaluate\.oneshot\.operator: selects no tensors in this model",
+    ),
+    "unknown_device": (
+        BASE + "train: {device: gpu0}\n",
+        r"^r\.yaml:5:\d+: train\.device: 'gpu0' is not a torch device",
+    ),
+    "negative_float_steps": (
+        BASE + "modifiers:\n  - {type: oneshot, sparsity: 0.5, at: -1.0}\n",
+        r"^r\.yaml:6:\d+: modifiers\[0\]\.at: .*>= 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATE_CASES))
+def test_problems_found_only_with_the_model_are_still_located(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    text, pattern = LATE_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text(text)
+    assert main(["validate", "r.yaml"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+
+
+def test_cram_without_sparsities_is_rejected_by_validate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text(BASE + "wrapper: {name: cram, sparsities: []}\n")
+    assert main(["validate", "r.yaml"]) == 2
+    assert "r.yaml:5:" in capsys.readouterr().err
