@@ -121,7 +121,7 @@ def test_failing_run_is_reported_and_the_study_goes_on(plugins: Plugins, tmp_pat
     path = write_study(tmp_path, with_oneshot=False)
     (tmp_path / "sgd.yaml").write_text(
         RECIPE.format(name="sgd").replace(
-            "train: {epochs: 2}", "train: {epochs: 2, device: nowhere}"
+            "train: {epochs: 2}", "train: {epochs: 2, init_from: missing.pt}"
         )
     )
     store = run_study(
