@@ -44,6 +44,12 @@ class DelegatingOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.base.add_param_group(param_group)
 
+    def register_step_pre_hook(self, hook: Callable[..., Any]) -> Any:
+        return self.base.register_step_pre_hook(hook)
+
+    def register_step_post_hook(self, hook: Callable[..., Any]) -> Any:
+        return self.base.register_step_post_hook(hook)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         return self.base.step(closure)
 

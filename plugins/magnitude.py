@@ -44,7 +44,7 @@ def kth_smallest(chunks: Sequence[torch.Tensor], k: int) -> torch.Tensor:
         low, high = int(position) - margin, int(position) + margin
         left = sample[low] if low >= 0 else sample.new_tensor(-math.inf)
         right = sample[high] if high < sample.numel() else sample.new_tensor(math.inf)
-        under = sum(int((c < left).sum()) for c in chunks)
+        under = int(torch.stack([(c < left).sum() for c in chunks]).sum())
         inside = [c[(c >= left) & (c <= right)] for c in chunks]
         if under < k <= under + sum(x.numel() for x in inside):
             return torch.kthvalue(torch.cat(inside), k - under).values
@@ -70,7 +70,7 @@ def topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.Tensor]:
     else:
         threshold = kth_smallest(scores, n - keep + 1)
     masks = [s > threshold for s in scores]
-    need = keep - sum(int(m.sum()) for m in masks)
+    need = keep - int(torch.stack([m.sum() for m in masks]).sum())  # one host sync
     for i, s in enumerate(scores):
         if need <= 0:
             break
