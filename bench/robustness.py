@@ -260,10 +260,11 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
     lines.append("|---|---|---|---|---|---|---|---|---|")
     sgd = runs.get(SGD) or {}
     if sgd:
+        before = data["methods"].get(SGD, {}).get(f"{PROJECTION} before recalibration")
         lines.append(
-            f"| SGD dense, projected in one shot (no FT; BN re-calibrated) | "
-            f"{','.join(map(str, sorted(sgd)))} | {cell(column(sgd, f'oneshot@{PROJECTION}'))} "
-            "| — | | | | | |"
+            f"| SGD dense, projected in one shot, no FT (BN re-calibrated; as projected) | "
+            f"{','.join(map(str, sorted(sgd)))} | {cell(column(sgd, f'oneshot@{PROJECTION}'))}; "
+            f"{cell(before)} | — | | | | | |"
         )
     data["admm"] = {}
     for label in (ADMM, ADMM_BASE):
