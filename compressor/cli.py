@@ -307,6 +307,12 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
         metavar="FILE",
         help="load a plugin from a Python file (repeatable)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (1 is often best on a busy machine)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_set(p: argparse.ArgumentParser) -> None:
@@ -400,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plugins = load_plugins(_plugin_files(argv))
         args = build_parser(plugins).parse_args(argv)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(args.func(args, plugins))
     except RecipeError as exc:
         err.print(str(exc), markup=False, highlight=False)

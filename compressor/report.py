@@ -87,28 +87,20 @@ def _pct(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * mean:.2f}"
 
 
-REALISED_COLUMNS = {
-    "stored_kb": "exported KB",
-    "speedup_batch1": "CPU speed-up b1",
-    "speedup_batch64": "CPU speed-up b64",
-}
+REALISED_COLUMNS = {"stored_kb": "export KB", "speedup_batch1": "×b1", "speedup_batch64": "×b64"}
 
 
 def table_rows(
     methods: list[MethodSummary], targets: list[str]
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows shared by every output format (accuracies in %)."""
+    """Header and rows shared by every output format; see :data:`LEGEND` for the columns."""
     baseline = next((m for m in methods if m.is_baseline and m.step_time_s), None)
     base_step = statistics.median(baseline.step_time_s) if baseline else None
-    header = ["method", "seeds", "accuracy %", "sparsity"]
-    header += [f"one-shot {_target_name(t)} %" for t in targets]
-    realised = [
-        k
-        for k in ("stored_kb", "speedup_batch1", "speedup_batch64")
-        if any(k in m.values for m in methods)
-    ]
+    realised = [k for k in REALISED_COLUMNS if any(k in m.values for m in methods)]
+    header = ["method", "seeds", "trained acc %", "sparsity"]
+    header += [_target_name(t) for t in targets]
     header += [REALISED_COLUMNS[k] for k in realised]
-    header += ["step time ×SGD", "wall s"]
+    header += ["step ×SGD", "wall s"]
     rows = []
     for m in methods:
         row = [m.label, str(len(m.seeds)) + (f" ({len(m.failed)} failed)" if m.failed else "")]
@@ -117,6 +109,11 @@ def table_rows(
         row.append(f"{statistics.fmean(sparsity):.3f}" if sparsity else "—")
         for target in targets:
             row.append(_pct([acc for _, acc in m.oneshot.get(target, [])]))
+        for key in realised:
+            values = m.values.get(key, [])
+            row.append(
+                f"{statistics.fmean(values):.{0 if key == 'stored_kb' else 2}f}" if values else "—"
+            )
         ratio = (
             statistics.median(m.step_time_s) / base_step
             if base_step and m.step_time_s
@@ -126,6 +123,15 @@ def table_rows(
         row.append(f"{statistics.fmean(m.wall_time_s):.0f}" if m.wall_time_s else "—")
         rows.append(row)
     return header, rows
+
+
+LEGEND = (
+    "trained acc: test accuracy of the trained model; sparsity: exact zeros over prunable weights; "
+    "50%…95%, 2:4: test accuracy after one-shot compression of the trained model to that target "
+    "and BN re-calibration; export KB and ×b1/×b64: stored size and CPU speed-up (batch 1/64) of "
+    "the exported model against the trained one; step ×SGD: training-step time against plain SGD. "
+    "Accuracies in %, mean ± std over seeds."
+)
 
 
 def _target_name(target: str) -> str:
@@ -141,83 +147,94 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def plot_robustness(
     methods: list[MethodSummary], targets: list[str], path: Path, title: str
 ) -> None:
-    """Accuracy versus sparsity: one curve per method, a band for the spread across seeds."""
+    """Accuracy versus sparsity. Dense-trained methods: one one-shot curve each (a band for the
+    spread across seeds) and hollow diamonds for pattern targets such as 2:4. Sparse-trained
+    methods: a star at the sparsity they were trained to. Right panel: the top of the range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=120)
     numeric = [t for t in targets if _is_number(t)]
     patterns = [t for t in targets if not _is_number(t)]
-    for index, m in enumerate(methods):
-        if not m.seeds:
-            continue
-        color = f"C{index % 10}"
-        trained_sparsity = statistics.fmean(m.values.get("sparsity", [0.0]))
-        trained = m.values.get("test_accuracy", [])
-        xs, lo, mid, hi = [], [], [], []
-        if trained_sparsity < 0.05 and trained:
-            xs.append(100 * trained_sparsity)
-            lo.append(100 * min(trained))
-            mid.append(100 * statistics.fmean(trained))
-            hi.append(100 * max(trained))
-        for target in numeric:
-            points = m.oneshot.get(target, [])
-            if not points:
-                continue
+    for ax in axes:
+        for index, m in enumerate(methods):
+            if m.seeds:
+                _plot_method(ax, m, f"C{index % 10}", numeric, patterns)
+        ax.set_xlabel("sparsity of prunable weights (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test accuracy after BN re-calibration (%)")
+    axes[0].set_title("all targets")
+    _zoom(axes[0])
+    tops = [y for line in axes[1].get_lines() for y in line.get_ydata()]
+    top = max(tops) if tops else 100.0
+    axes[1].set_ylim(top - 4, min(100.0, top + 0.5))
+    axes[1].set_xlim(40, 100)
+    axes[1].set_title("zoom: the top 4 percentage points")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if patterns:
+        (marker,) = axes[0].plot(
+            [], [], marker="D", color="grey", linestyle="none", markerfacecolor="none"
+        )
+        handles.append(marker)
+        labels.append(f"one-shot {', '.join(patterns)} (hollow diamond)")
+    fig.suptitle(title)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_method(
+    ax: Any, m: MethodSummary, color: str, numeric: list[str], patterns: list[str]
+) -> None:
+    trained = [100 * a for a in m.values.get("test_accuracy", [])]
+    trained_sparsity = 100 * statistics.fmean(m.values.get("sparsity", [0.0]))
+    if not trained:
+        return
+    if trained_sparsity >= 5:  # trained sparse: its one-shot curve would start past its own point
+        mid = statistics.fmean(trained)
+        ax.errorbar(
+            [trained_sparsity],
+            [mid],
+            yerr=[[mid - min(trained)], [max(trained) - mid]],
+            marker="*",
+            markersize=13,
+            color=color,
+            linestyle="none",
+            label=f"{m.label} (trained sparse)",
+        )
+        return
+    xs, lo, mid_line, hi = (
+        [trained_sparsity],
+        [min(trained)],
+        [statistics.fmean(trained)],
+        [max(trained)],
+    )
+    for target in numeric:
+        points = m.oneshot.get(target, [])
+        if points:
             accs = [100 * a for _, a in points]
             xs.append(100 * statistics.fmean(s for s, _ in points))
             lo.append(min(accs))
-            mid.append(statistics.fmean(accs))
+            mid_line.append(statistics.fmean(accs))
             hi.append(max(accs))
-        if len(xs) > 1:
-            ax.plot(xs, mid, marker="o", color=color, label=f"{m.label} (one-shot)")
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
-        if trained_sparsity >= 0.05 and trained:
-            accs = [100 * a for a in trained]
-            ax.errorbar(
-                [100 * trained_sparsity],
+    ax.plot(xs, mid_line, marker="o", color=color, label=f"{m.label} (dense, then one-shot)")
+    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+    for target in patterns:
+        points = m.oneshot.get(target, [])
+        if points:
+            accs = [100 * a for _, a in points]
+            ax.plot(
+                [100 * statistics.fmean(s for s, _ in points)],
                 [statistics.fmean(accs)],
-                yerr=[[statistics.fmean(accs) - min(accs)], [max(accs) - statistics.fmean(accs)]],
-                marker="*",
-                markersize=12,
+                marker="D",
                 color=color,
                 linestyle="none",
-                label=f"{m.label} (trained sparse)",
+                markerfacecolor="none",
+                markersize=8,
             )
-        for target in patterns:
-            points = m.oneshot.get(target, [])
-            if points:
-                accs = [100 * a for _, a in points]
-                ax.plot(
-                    [100 * statistics.fmean(s for s, _ in points)],
-                    [statistics.fmean(accs)],
-                    marker="D",
-                    color=color,
-                    linestyle="none",
-                    markerfacecolor="none",
-                    markersize=8,
-                )
-    if patterns:
-        ax.plot(
-            [],
-            [],
-            marker="D",
-            color="grey",
-            linestyle="none",
-            markerfacecolor="none",
-            label=f"one-shot {', '.join(patterns)} (hollow diamonds)",
-        )
-    ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel("test accuracy after BN re-calibration (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    _zoom(ax)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _zoom(ax: Any) -> None:
@@ -271,8 +288,10 @@ def render(study_dir: str | Path, *, console: Console | None = None) -> dict[str
         header, rows = table_rows(methods, targets)
     finally:
         store.close()
-    console = console or Console(soft_wrap=True)
-    table = Table(title=f"study '{name}' — mean ± std over seeds")
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(file=console.file, width=200)  # files and pipes: no wrapping
+    table = Table(title=f"study '{name}'", caption=LEGEND, caption_justify="left")
     for column in header:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
@@ -289,7 +308,7 @@ def render(study_dir: str | Path, *, console: Console | None = None) -> dict[str
         "robustness": study_dir / "robustness.png",
         "training": study_dir / "training.png",
     }
-    files["markdown"].write_text(f"# Study: {name}\n\n" + markdown(header, rows))
+    files["markdown"].write_text(f"# Study: {name}\n\n" + markdown(header, rows) + f"\n{LEGEND}\n")
     with files["csv"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

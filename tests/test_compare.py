@@ -104,7 +104,7 @@ def test_store_rows_match_the_printed_table_and_files(
         assert accuracies[label] in printed
     with (tmp_path / "out" / "report.csv").open() as handle:
         table = list(csv.reader(handle))
-    assert table[0][:4] == ["method", "seeds", "accuracy %", "sparsity"]
+    assert table[0][:4] == ["method", "seeds", "trained acc %", "sparsity"]
     assert [row[0] for row in table[1:]] == ["sgd", "GMP 50%"]
     assert table[2][2].startswith(accuracies["GMP 50%"])
     for name in ("robustness.png", "training.png", "report.md", "report.json"):
