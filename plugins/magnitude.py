@@ -44,8 +44,9 @@ def kth_smallest(chunks: Sequence[torch.Tensor], k: int) -> torch.Tensor:
         low, high = int(position) - margin, int(position) + margin
         left = sample[low] if low >= 0 else sample.new_tensor(-math.inf)
         right = sample[high] if high < sample.numel() else sample.new_tensor(math.inf)
-        under = int(torch.stack([(c < left).sum() for c in chunks]).sum())
-        inside = [c[(c >= left) & (c <= right)] for c in chunks]
+        keep = [c >= left for c in chunks]
+        under = total - int(torch.stack([m.sum() for m in keep]).sum())
+        inside = [c[m.logical_and_(c <= right)] for c, m in zip(chunks, keep, strict=True)]
         if under < k <= under + sum(x.numel() for x in inside):
             return torch.kthvalue(torch.cat(inside), k - under).values
         margin *= 8
