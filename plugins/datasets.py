@@ -79,6 +79,22 @@ class MNIST1D(DatasetBuilder):
         }
 
 
+def gaussian_class_splits(
+    info: DataInfo, samples: int, test_samples: int, center_scale: float, noise: float, seed: int
+) -> DataSplits:
+    """One Gaussian cluster per class around a random center (scaled by ``center_scale``)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(info.num_classes, *info.input_shape, generator=g) * center_scale
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, info.num_classes, (n,), generator=g)
+        return centers[y] + noise * torch.randn(n, *info.input_shape, generator=g), y
+
+    x, y = draw(samples)
+    x_test, y_test = draw(test_samples)
+    return DataSplits(x, y, x_test, y_test, info)
+
+
 class Synthetic(DatasetBuilder):
     """Gaussian clusters, one per class, in ``features`` dimensions (tests and smoke runs)."""
 
@@ -99,17 +115,7 @@ class Synthetic(DatasetBuilder):
 
     def build(self) -> DataSplits:
         c = self.config
-        g = torch.Generator().manual_seed(c.seed)
-        centers = torch.randn(c.classes, c.features, generator=g) * 2.0
-
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.randint(0, c.classes, (n,), generator=g)
-            x = centers[y] + c.noise * torch.randn(n, c.features, generator=g)
-            return x, y
-
-        x, y = draw(c.samples)
-        x_test, y_test = draw(c.test_samples)
-        return DataSplits(x, y, x_test, y_test, self.info())
+        return gaussian_class_splits(self.info(), c.samples, c.test_samples, 2.0, c.noise, c.seed)
 
 
 @hookimpl

@@ -29,6 +29,7 @@ from compressor.interfaces import (
     ModelBuilder,
     TypeConfig,
 )
+from compressor_plugins.datasets import gaussian_class_splits
 
 
 class BasicBlock(nn.Module):
@@ -126,17 +127,7 @@ class CIFARSynthetic(DatasetBuilder):
 
     def build(self) -> DataSplits:
         c = self.config
-        g = torch.Generator().manual_seed(c.seed)
-        shape = (c.channels, c.image_size, c.image_size)
-        means = torch.randn(c.classes, *shape, generator=g) * c.signal
-
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.randint(0, c.classes, (n,), generator=g)
-            return means[y] + torch.randn(n, *shape, generator=g), y
-
-        x, y = draw(c.samples)
-        x_test, y_test = draw(c.test_samples)
-        return DataSplits(x, y, x_test, y_test, self.info())
+        return gaussian_class_splits(self.info(), c.samples, c.test_samples, c.signal, 1.0, c.seed)
 
 
 @hookimpl
