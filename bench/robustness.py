@@ -177,7 +177,9 @@ def cell(s: dict[str, Any] | None, digits: int = 2) -> str:
     return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
-def column(runs: dict[int, dict[str, Any]], name: str, seeds: list[int] | None = None) -> dict[str, Any]:
+def column(
+    runs: dict[int, dict[str, Any]], name: str, seeds: list[int] | None = None
+) -> dict[str, Any]:
     chosen = sorted(runs) if seeds is None else [s for s in seeds if s in runs]
     return stats([v for s in chosen if (v := value(runs[s], name)) is not None])
 
@@ -200,7 +202,7 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
             continue
         first = next(iter(by_seed.values()))
         trained = float(first["metrics"].get("sparsity", 0.0))
-        row_stats = {
+        row_stats: dict[str, Any] = {
             "seeds": sorted(by_seed),
             "trained_sparsity": trained,
             "dense": column(by_seed, "test_accuracy"),
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = SMOKE_SET + overrides
         seeds = seeds or [0]
     name = "robustness-smoke" if args.smoke else "robustness"
-    out = (args.out or (RESULTS / (f"{study_path.stem}-smoke" if args.smoke else study_path.stem)))
+    out = args.out or (RESULTS / (f"{study_path.stem}-smoke" if args.smoke else study_path.stem))
     out = out.resolve()
 
     started = time.perf_counter()
@@ -505,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table_text)
     print(bar_text)
     payload = {
-        "study": str(study_path.relative_to(ROOT)) if study_path.is_relative_to(ROOT) else str(study_path),
+        "study": str(study_path.relative_to(ROOT))
+        if study_path.is_relative_to(ROOT)
+        else str(study_path),
         "out": str(out),
         "smoke": args.smoke,
         "overrides": overrides,

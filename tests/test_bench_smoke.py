@@ -34,8 +34,6 @@ def test_robustness_smoke(tmp_path: Path) -> None:
     assert admm["pruned_of_target"] == 1.0 and admm["unified_of_target"] == 1.0
 
     # --report-only reads the same store without training anything.
-    again = subprocess.run(
-        [*command, "--report-only"], capture_output=True, text=True, timeout=120
-    )
+    again = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads(result.read_text())["bars"] == payload["bars"]
