@@ -43,7 +43,7 @@ DEFAULT_OUT = "bench/results/q-protocol"  # as written in the study file's init_
 
 LEVELS = ["0.5", "0.7", "0.8", "0.9", "0.95"]
 PATTERNS = ["2:4"]
-PROJECTION = "unify 0.5"  # the ADMM constraint set as a one-shot target
+PROJECTION = "unify 4x4 0.5"  # the ADMM constraint set as a one-shot target
 
 # Labels in the study file that the bars refer to.
 SGD, CRAM_PLUS, CRAM_NM = "SGD", "CrAM+ Multi", "CrAM+ N:M"
@@ -134,10 +134,7 @@ def admm_metrics(run: dict[str, Any]) -> dict[str, Any]:
     admm = next((m for m in report.get("modifiers", []) if m.get("type") == "admm"), None)
     if admm is None:
         return {}
-    finish = admm.get("finish_at")
-    after_projection = next(
-        (h["test_accuracy"] for h in report.get("history", []) if h["step"] == finish), None
-    )
+    finish = admm.get("finish") or {}
     layers = admm.get("per_layer", {})
     exact = all(
         row["pruned"] == row["target_pruned"] and row["unified"] == row["target_unified"]
@@ -155,12 +152,15 @@ def admm_metrics(run: dict[str, Any]) -> dict[str, Any]:
         "compression_ratio": admm.get("compression_ratio"),
         "storage_ratio": admm.get("storage_ratio"),
         "multiplies_saved_fraction": admm.get("multiplies_saved_fraction"),
-        "projection_distance": (admm.get("finish") or {}).get("projection_distance"),
-        "residual_before_projection": (admm.get("finish") or {}).get("residual_before"),
-        "accuracy_after_projection": (
-            None if after_projection is None or finish == 0 else 100.0 * after_projection
-        ),
+        "projection_distance": finish.get("projection_distance"),
+        "residual_before_projection": finish.get("residual_before"),
+        "accuracy_before_projection": _percent(finish.get("accuracy_before_projection")),
+        "accuracy_after_projection": _percent(finish.get("accuracy_after_projection")),
     }
+
+
+def _percent(x: float | None) -> float | None:
+    return None if x is None else 100.0 * float(x)
 
 
 def stats(values: list[float]) -> dict[str, Any]:
@@ -177,7 +177,9 @@ def cell(s: dict[str, Any] | None, digits: int = 2) -> str:
     return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
-def column(runs: dict[int, dict[str, Any]], name: str, seeds: list[int] | None = None) -> dict[str, Any]:
+def column(
+    runs: dict[int, dict[str, Any]], name: str, seeds: list[int] | None = None
+) -> dict[str, Any]:
     chosen = sorted(runs) if seeds is None else [s for s in seeds if s in runs]
     return stats([v for s in chosen if (v := value(runs[s], name)) is not None])
 
@@ -196,11 +198,11 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
     lines.append("|" + "---|" * len(header))
     for label, by_seed in runs.items():
         if not by_seed:
-            lines.append("| " + " | ".join([label, "0"] + ["—"] * (len(header) - 2)) + " |")
+            lines.append("| " + " | ".join([label, "none"] + ["—"] * (len(header) - 2)) + " |")
             continue
         first = next(iter(by_seed.values()))
         trained = float(first["metrics"].get("sparsity", 0.0))
-        row_stats = {
+        row_stats: dict[str, Any] = {
             "seeds": sorted(by_seed),
             "trained_sparsity": trained,
             "dense": column(by_seed, "test_accuracy"),
@@ -241,7 +243,7 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
     for label in [*GMP.values(), "gradual 2:4"]:
         by_seed = runs.get(label) or {}
         if not by_seed:
-            lines.append(f"| {label} | 0 | — | — |")
+            lines.append(f"| {label} | none | — | — |")
             continue
         sp = statistics.fmean(float(r["metrics"].get("sparsity", 0)) for r in by_seed.values())
         lines.append(
@@ -254,16 +256,17 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
     lines.append("ADMM unification (4x4 blocks, 50% pruned + 25% unified per layer)")
     lines.append("")
     lines.append(
-        "| run | seeds | after hard projection (before FT) | after fine-tuning | "
+        "| run | seeds | before hard projection | after hard projection | after fine-tuning | "
         "pruned / target | unified / target | every layer exact | compression | storage |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     sgd = runs.get(SGD) or {}
     if sgd:
         before = data["methods"].get(SGD, {}).get(f"{PROJECTION} before recalibration")
         lines.append(
             f"| SGD dense, projected in one shot, no FT (BN re-calibrated; as projected) | "
-            f"{','.join(map(str, sorted(sgd)))} | {cell(column(sgd, f'oneshot@{PROJECTION}'))}; "
+            f"{','.join(map(str, sorted(sgd)))} | {cell(column(sgd, 'test_accuracy'))} | "
+            f"{cell(column(sgd, f'oneshot@{PROJECTION}'))}; "
             f"{cell(before)} | — | | | | | |"
         )
     data["admm"] = {}
@@ -272,22 +275,28 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
         per_seed = {s: admm_metrics(r) for s, r in by_seed.items()}
         data["admm"][label] = {"per_seed": per_seed}
         if not by_seed:
-            lines.append(f"| {label} | 0 | — | — | | | | | |")
+            lines.append(f"| {label} | none | — | — | — | | | | | |")
             continue
 
         def agg(key: str, ps: dict[int, dict[str, Any]] = per_seed) -> dict[str, Any]:
             return stats([float(m[key]) for m in ps.values() if m.get(key) is not None])
 
+        before_projection = agg("accuracy_before_projection")
         after_projection = agg("accuracy_after_projection")
         final = column(by_seed, "test_accuracy")
         pruned = sorted({m.get("pruned_of_target") for m in per_seed.values()}, key=str)
         unified = sorted({m.get("unified_of_target") for m in per_seed.values()}, key=str)
         exact = all(m.get("every_layer_exact") for m in per_seed.values())
         data["admm"][label].update(
-            {"after_projection": after_projection, "after_finetuning": final}
+            {
+                "before_projection": before_projection,
+                "after_projection": after_projection,
+                "after_finetuning": final,
+            }
         )
         lines.append(
-            f"| {label} | {','.join(map(str, sorted(by_seed)))} | {cell(after_projection)} | "
+            f"| {label} | {','.join(map(str, sorted(by_seed)))} | {cell(before_projection)} | "
+            f"{cell(after_projection)} | "
             f"{cell(final)} | {', '.join(_pct(p) for p in pruned)} | "
             f"{', '.join(_pct(u) for u in unified)} | {'yes' if exact else 'NO'} | "
             f"{cell(agg('compression_ratio'))}× | {cell(agg('storage_ratio'))}× |"
@@ -475,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = SMOKE_SET + overrides
         seeds = seeds or [0]
     name = "robustness-smoke" if args.smoke else "robustness"
-    out = (args.out or (RESULTS / (f"{study_path.stem}-smoke" if args.smoke else study_path.stem)))
+    out = args.out or (RESULTS / (f"{study_path.stem}-smoke" if args.smoke else study_path.stem))
     out = out.resolve()
 
     started = time.perf_counter()
@@ -498,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table_text)
     print(bar_text)
     payload = {
-        "study": str(study_path.relative_to(ROOT)) if study_path.is_relative_to(ROOT) else str(study_path),
+        "study": str(study_path.relative_to(ROOT))
+        if study_path.is_relative_to(ROOT)
+        else str(study_path),
         "out": str(out),
         "smoke": args.smoke,
         "overrides": overrides,
