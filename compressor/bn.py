@@ -30,6 +30,9 @@ def _buffers(layer: _BatchNorm) -> list[torch.Tensor]:
     return [b for b in found if isinstance(b, torch.Tensor)]
 
 
+_TORCH_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 @contextmanager
 def freeze_bn_stats(model: nn.Module) -> Iterator[None]:
     """Leave running mean/var and ``num_batches_tracked`` exactly unchanged inside the block.
@@ -41,15 +44,18 @@ def freeze_bn_stats(model: nn.Module) -> Iterator[None]:
     covers subclasses whose own ``forward`` updates them anyway.
     """
     layers = [layer for layer in batchnorm_layers(model) if layer.track_running_stats]
-    snapshots = [[b.clone() for b in _buffers(layer)] for layer in layers]
+    # torch's own layers honour track_running_stats exactly; snapshot only the others
+    custom = [layer for layer in layers if type(layer) not in _TORCH_LAYERS]
+    snapshots = [[b.clone() for b in _buffers(layer)] for layer in custom]
     for layer in layers:
         layer.track_running_stats = False
     try:
         yield
     finally:
         with torch.no_grad():
-            for layer, saved in zip(layers, snapshots, strict=True):
+            for layer in layers:
                 layer.track_running_stats = True
+            for layer, saved in zip(custom, snapshots, strict=True):
                 for buffer, value in zip(_buffers(layer), saved, strict=True):
                     buffer.copy_(value)
 
