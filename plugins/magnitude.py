@@ -70,9 +70,12 @@ def topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.Tensor]:
             threshold = torch.topk(flat, n - keep, largest=False, sorted=False).values.max()
     else:
         threshold = kth_smallest(scores, n - keep + 1)
+    masks = [s >= threshold for s in scores]
+    if int(torch.stack([m.sum() for m in masks]).sum()) == keep:  # no tie to break (the usual case)
+        return masks
     masks = [s > threshold for s in scores]
-    need = keep - int(torch.stack([m.sum() for m in masks]).sum())  # one host sync
-    for i, s in enumerate(scores):
+    need = keep - int(torch.stack([m.sum() for m in masks]).sum())
+    for i, s in enumerate(scores):  # ties at the threshold: the earliest ones are kept
         if need <= 0:
             break
         ties = s == threshold
