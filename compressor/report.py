@@ -129,7 +129,8 @@ LEGEND = (
     "trained acc: test accuracy of the trained model; sparsity: exact zeros over prunable weights; "
     "50%…95%, 2:4: test accuracy after one-shot compression of the trained model to that target "
     "and BN re-calibration; export KB and ×b1/×b64: stored size and CPU speed-up (batch 1/64) of "
-    "the exported model against the trained one; step ×SGD: training-step time against plain SGD. "
+    "the exported model against the trained one; step ×SGD: training wall time per step (periodic "
+    "evaluation included) against plain SGD. "
     "Accuracies in %, mean ± std over seeds."
 )
 
