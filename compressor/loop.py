@@ -183,7 +183,8 @@ def run(
         return row
 
     order = epoch_order(config.train.seed, session.step // clock.steps_per_epoch, n)
-    running_loss, running_count = 0.0, 0
+    running_loss: torch.Tensor | float = 0.0  # summed on the device: no sync per step
+    running_count = 0
     train_started = time.perf_counter()
     with Progress(recipe.name, total=last_step, start=session.step, enabled=progress) as bar:
         while session.step < last_step:
@@ -202,7 +203,7 @@ def run(
 
             loss = optimizer.step(closure)
             session.step_end(loss)
-            running_loss += float(loss.detach())
+            running_loss = running_loss + loss.detach()
             running_count += 1
             if on_step is not None:
                 on_step(session)
@@ -210,10 +211,10 @@ def run(
                 bar.update(
                     session.step,
                     epoch=clock.epoch_of(session.step),
-                    loss=running_loss / running_count,
+                    loss=float(running_loss) / running_count,
                 )
             if session.step % eval_every == 0 or session.step == last_step:
-                row = evaluate(running_loss / max(running_count, 1))
+                row = evaluate(float(running_loss) / max(running_count, 1))
                 running_loss, running_count = 0.0, 0
                 bar.log(
                     f"step {row['step']} (epoch {row['epoch']:.2f}): test accuracy "
