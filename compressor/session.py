@@ -104,7 +104,6 @@ class Session:
             for i, cfg in enumerate(recipe.config.modifiers)
         ]
         self._check_overlaps()
-        self._observed = bool(self.plugins.hook.step_finished.get_hookimpls())
         self._started = False
         self.evaluator: Callable[[], dict[str, float]] | None = None
         self.plugins.hook.session_started(session=self)
@@ -194,7 +193,7 @@ class Session:
         self.begin()
         self.step += 1
         self._update()
-        if self._observed:
+        if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
             value = None if loss is None else float(loss)
             self.plugins.hook.step_finished(session=self, step=self.step, loss=value)
 
