@@ -89,6 +89,23 @@ def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.argsort(values, stable=True)[:k]
 
 
+def smallest_k_sums(values: list[float], k: int) -> list[float]:
+    """``out[s]`` = sum of the ``k`` smallest of ``values[:s]`` (inf while fewer than ``k``),
+    for every prefix in one pass with a max-heap of the ``k`` smallest so far."""
+    out = [math.inf] * (len(values) + 1)
+    heap: list[float] = []  # negated: a max-heap
+    total = 0.0
+    for s, value in enumerate(values):
+        if len(heap) < k:
+            heapq.heappush(heap, -value)
+            total += value
+        elif value < -heap[0]:
+            total += value + heapq.heappushpop(heap, -value)
+        if len(heap) == k:
+            out[s + 1] = total
+    return out
+
+
 def select_labels(p: torch.Tensor, d: torch.Tensor, kp: int, ku: int) -> torch.Tensor:
     """Optimal disjoint labels: ``kp`` blocks PRUNED and ``ku`` UNIFIED, minimising cost."""
     n = p.numel()
@@ -104,29 +121,8 @@ def select_labels(p: torch.Tensor, d: torch.Tensor, kp: int, ku: int) -> torch.T
     order = torch.argsort(p - d, stable=True)
     ps, ds = p[order].tolist(), d[order].tolist()
     # prefix[s] = sum of the kp smallest ps[:s]; suffix[s] = sum of the ku smallest ds[s:].
-    prefix = [math.inf] * (n + 1)
-    heap: list[float] = []  # max-heap (negated) of the kp smallest so far
-    total = 0.0
-    for s in range(n):
-        value = ps[s]
-        if len(heap) < kp:
-            heapq.heappush(heap, -value)
-            total += value
-        elif value < -heap[0]:
-            total += value + heapq.heappushpop(heap, -value)
-        if len(heap) == kp:
-            prefix[s + 1] = total
-    suffix = [math.inf] * (n + 1)
-    heap, total = [], 0.0
-    for s in range(n - 1, -1, -1):
-        value = ds[s]
-        if len(heap) < ku:
-            heapq.heappush(heap, -value)
-            total += value
-        elif value < -heap[0]:
-            total += value + heapq.heappushpop(heap, -value)
-        if len(heap) == ku:
-            suffix[s] = total
+    prefix = smallest_k_sums(ps, kp)
+    suffix = smallest_k_sums(ds[::-1], ku)[::-1]
     best = min(range(kp, n - ku + 1), key=lambda s: prefix[s] + suffix[s])
     head, tail = order[:best], order[best:]
     labels[head[_smallest(p[head], kp)]] = PRUNED
