@@ -17,7 +17,7 @@ import time
 import torch
 
 from bench.common import summary, write_result
-from compressor_plugins.magnitude import Magnitude, keep_count
+from compressor_plugins.prune.magnitude import Magnitude, keep_count
 
 
 def baseline(weights: dict[str, torch.Tensor], sparsity: float) -> torch.Tensor:

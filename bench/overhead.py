@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import summary, write_result
-from compressor.loop import epoch_order, run
-from compressor.plugins import load_plugins
-from compressor.recipe import recipe_from_text
-from compressor_plugins.datasets import MNIST1D
-from compressor_plugins.models import MNIST1DCNN
+from compressor.host.manager import load_plugins
+from compressor.recipe.schema import recipe_from_text
+from compressor.train.loop import epoch_order, run
+from compressor_plugins.zoo.datasets import MNIST1D
+from compressor_plugins.zoo.models import MNIST1DCNN
 
 RECIPE = """\
 name: overhead-sgd

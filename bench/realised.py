@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.plugins import load_plugins
-from compressor.selection import select_targets
-from compressor_plugins.channel import Channel
-from compressor_plugins.latency import compare_latency
-from compressor_plugins.magnitude import Magnitude
-from compressor_plugins.pruned_export import count_macs_params, export_pruned, serialized_bytes
-from compressor_plugins.resnet import ResNetCIFAR
+from compressor.contract.selection import select_targets
+from compressor.host.manager import load_plugins
+from compressor_plugins.channel.operator import Channel
+from compressor_plugins.evaluate.latency import compare_latency
+from compressor_plugins.export.pruned import count_macs_params, export_pruned, serialized_bytes
+from compressor_plugins.prune.magnitude import Magnitude
+from compressor_plugins.zoo.resnet import ResNetCIFAR
 
 RESULTS = Path(__file__).parent / "results"
 BARS = {1: 1.7, 64: 1.5}

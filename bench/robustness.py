@@ -66,10 +66,10 @@ SMOKE_SET = [
 
 def load(study_path: Path, out: Path, seeds: list[int] | None, overrides: list[str]) -> Any:
     """The study, with ``init_from`` paths pointed at ``out`` when it is not the default."""
-    from compressor.errors import RecipeError
-    from compressor.plugins import default_plugins
-    from compressor.source import read_yaml
-    from compressor.study import StudyConfig, build_study
+    from compressor.contract.errors import RecipeError
+    from compressor.host.manager import default_plugins
+    from compressor.recipe.source import read_yaml
+    from compressor.study.spec import StudyConfig, build_study
 
     plugins = default_plugins()
     source = read_yaml(study_path)
@@ -88,7 +88,7 @@ def load(study_path: Path, out: Path, seeds: list[int] | None, overrides: list[s
 
 
 def run(study: Any, plugins: Any, out: Path, progress: bool) -> None:
-    from compressor.compare import run_study
+    from compressor.study.runner import run_study
 
     store = run_study(study, out, plugins=plugins, progress=progress)
     store.close()
@@ -99,8 +99,8 @@ def run(study: Any, plugins: Any, out: Path, progress: bool) -> None:
 
 def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """label -> seed -> {metrics, report} for finished runs."""
-    from compressor.compare import STORE
-    from compressor.store import Store
+    from compressor.study.runner import STORE
+    from compressor.study.store import Store
 
     store = Store(out / STORE)
     try:
@@ -305,7 +305,7 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
 
 
 def _target(result: dict[str, Any]) -> str:
-    from compressor.compare import target_label
+    from compressor.study.runner import target_label
 
     return target_label(result["operator"], result["target_sparsity"])
 

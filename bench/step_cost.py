@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor import Session
-from compressor.recipe import recipe_from_text
-from compressor_plugins.models import MNIST1DCNN
+from compressor.recipe.schema import recipe_from_text
+from compressor_plugins.zoo.models import MNIST1DCNN
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_cost.json"
 
@@ -80,7 +80,7 @@ class ResNet20(nn.Module):
 
 def resnet20() -> nn.Module:
     try:  # the project's own ResNet-20 when the plugin exists
-        from compressor_plugins import resnet  # type: ignore[attr-defined]
+        from compressor_plugins.zoo import resnet as resnet  # type: ignore[attr-defined]
 
         return resnet.ResNet20(num_classes=10)  # type: ignore[no-any-return]
     except (ImportError, AttributeError, TypeError):

@@ -10,8 +10,8 @@ import torch
 os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
-from compressor.plugins import Plugins, load_plugins  # noqa: E402
-from compressor.recipe import Recipe, recipe_from_text  # noqa: E402
+from compressor.host.manager import Plugins, load_plugins  # noqa: E402
+from compressor.recipe.schema import Recipe, recipe_from_text  # noqa: E402
 
 TINY_RECIPE = """\
 version: 1

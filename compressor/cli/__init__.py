@@ -1,0 +1,5 @@
+"""The ``compressor`` command line."""
+
+from compressor.cli.main import main
+
+__all__ = ["main"]

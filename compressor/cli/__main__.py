@@ -1,0 +1,5 @@
+import sys
+
+from compressor.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,279 @@
+"""Session: compression for your own training loop, in a few lines.
+
+    session = Session(model, load_recipe("recipes/gmp-mnist1d.yaml"), steps_per_epoch=len(loader))
+    optimizer = session.optimizer(model.parameters())
+    for x, y in loader:
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y) + session.penalty()
+            loss.backward()
+            return loss
+        loss = optimizer.step(closure)      # 1 or 2 passes: the wrapper decides
+        session.step_end(loss)              # masks, schedules, observers
+    report = session.finalize()
+
+The session owns the step counter, the compression RNG, the persistent masks and every
+modifier; its ``state_dict`` is everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.contract.bases import Modifier, Operator, Schedule
+from compressor.contract.errors import ConfigError, Loc
+from compressor.contract.optim import DelegatingOptimizer
+from compressor.contract.selection import select, select_targets, sparsity_stats
+from compressor.contract.steps import StepClock
+from compressor.engine.masks import MaskSet
+from compressor.host.manager import Plugins, default_plugins
+from compressor.recipe.schema import Recipe
+
+
+class SessionOptimizer(DelegatingOptimizer):
+    """The optimizer users get: masks gradients after every backward pass and weights after
+    every step, then lets modifiers re-impose structure."""
+
+    def __init__(self, inner: torch.optim.Optimizer, session: Session) -> None:
+        super().__init__(inner)
+        self.session = session
+        # train.grad_clip: per backward pass, after masking (pruned gradients never count)
+        self.grad_clip: float | None = session.recipe.config.train.grad_clip
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        self.session.begin()
+        masks = self.session.masks
+        if closure is None:
+            if isinstance(self.base, DelegatingOptimizer):
+                raise TypeError(
+                    f"{type(self.base).__name__} needs a closure: call optimizer.step(closure)"
+                )
+            masks.mask_grads()
+            loss = self.base.step()
+        else:
+
+            def masked_closure() -> Any:
+                loss = closure()
+                masks.mask_grads()
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.session.model.parameters(), self.grad_clip)
+                return loss
+
+            loss = self.base.step(masked_closure)
+        masks.apply()
+        for modifier in self.session.modifiers:
+            modifier.after_optimizer_step(self.session)
+        return loss
+
+
+class Session:
+    """Compression state for one training run of ``model`` driven by ``recipe``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        *,
+        steps_per_epoch: int,
+        total_steps: int | None = None,
+        plugins: Plugins | None = None,
+    ) -> None:
+        if steps_per_epoch <= 0:
+            raise ValueError("steps_per_epoch must be positive")
+        self.plugins = plugins or default_plugins()
+        self.registries = self.plugins.registries
+        self.model = model
+        self.recipe = recipe
+        train = recipe.config.train
+        self.clock = StepClock(steps_per_epoch, total_steps or train.epochs * steps_per_epoch)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.masks = MaskSet(model)
+        self.optimizer_: SessionOptimizer | None = None
+        self.lr_schedule: Schedule | None = None
+        if recipe.config.lr_schedule is not None:
+            self.lr_schedule = self._located(
+                ("lr_schedule",), self.build_schedule, recipe.config.lr_schedule, at=()
+            )
+        self.modifiers: list[Modifier] = [
+            self._located(("modifiers", i), self.registries.modifiers.build, cfg, self)
+            for i, cfg in enumerate(recipe.config.modifiers)
+        ]
+        self._check_overlaps()
+        self._started = False
+        self.evaluator: Callable[[], dict[str, float]] | None = None
+        self.plugins.hook.session_started(session=self)
+
+    # -- building plugin objects -------------------------------------------------------------
+
+    def _located(self, loc: Loc, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return build(*args, **kwargs)
+        except ConfigError as exc:
+            raise self.recipe.error((*loc, *exc.loc), exc.message) from None
+
+    def build_operator(self, config: Any, *, at: Loc = ("operator",)) -> Operator:
+        """Instantiate an operator config and bind it to the tensors it selects in the model."""
+        operator: Operator = self.registries.operators.build(config)
+        targets = select(self.model, config)
+        if not targets:
+            raise ConfigError(
+                "selects no tensors in this model (check modules/include/exclude)", at
+            )
+        try:
+            operator.bind(self.model, targets)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, (*at, *exc.loc)) from None
+        return operator
+
+    def build_schedule(self, config: Any, *, at: Loc = ("schedule",)) -> Schedule:
+        try:
+            schedule: Schedule = self.registries.schedules.build(config, self.clock)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, (*at, *exc.loc)) from None
+        return schedule
+
+    def _check_overlaps(self) -> None:
+        owner: dict[str, int] = {}
+        for index, modifier in enumerate(self.modifiers):
+            for name in sorted(modifier.masked_names()):
+                if name in owner:
+                    raise self.recipe.error(
+                        ("modifiers", index),
+                        f"masks '{name}', which modifiers[{owner[name]}] already masks; "
+                        "give them disjoint include/exclude patterns",
+                    )
+                owner[name] = index
+
+    # -- the training-step protocol ----------------------------------------------------------
+
+    def optimizer(self, params: Iterable[nn.Parameter] | None = None) -> SessionOptimizer:
+        """The recipe's base optimizer, wrapped (SAM, CrAM, ...) if the recipe says so."""
+        config = self.recipe.config
+        factory = self.registries.optimizers.build(config.optimizer)
+        base = factory.build(list(params) if params is not None else list(self.model.parameters()))
+        for group in base.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        inner: torch.optim.Optimizer = base
+        if config.wrapper is not None:
+            inner = self._located(
+                ("wrapper",), self.registries.wrappers.build, config.wrapper, base, self
+            )
+        self.optimizer_ = SessionOptimizer(inner, self)
+        self._apply_lr()
+        return self.optimizer_
+
+    def penalty(self) -> torch.Tensor | float:
+        """Extra loss terms from modifiers (ADMM), or 0.0."""
+        total: torch.Tensor | float = 0.0
+        for modifier in self.modifiers:
+            term = modifier.penalty(self)
+            if term is not None:
+                total = total + term
+        return total
+
+    def evaluate(self) -> dict[str, float] | None:
+        """Test metrics of the model as it is now, if the training loop set ``evaluator``
+        (the built-in loop does); modifiers use it to report accuracy around a hard change."""
+        return self.evaluator() if self.evaluator is not None else None
+
+    def begin(self) -> None:
+        """Apply the step-0 state (first masks, LR). Idempotent; the first optimizer step calls
+        it, so model weights and checkpoints can be loaded after building the session."""
+        if not self._started:
+            self._started = True
+            self._update()
+
+    def step_end(self, loss: torch.Tensor | float | None = None) -> None:
+        """Call once after every optimizer step."""
+        self.begin()
+        self.step += 1
+        self._update()
+        if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
+            value = None if loss is None else float(loss)
+            self.plugins.hook.step_finished(session=self, step=self.step, loss=value)
+
+    def _update(self) -> None:
+        for modifier in self.modifiers:
+            modifier.update(self)
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        if self.lr_schedule is None or self.optimizer_ is None:
+            return
+        factor = self.lr_schedule(self.step)
+        for group in self.optimizer_.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def sparsity(self) -> dict[str, Any]:
+        """Exact zeros over the eligible weights (Linear/Conv weights), global and per layer."""
+        return sparsity_stats(select_targets(self.model))
+
+    def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Build the report (sparsity, modifier metrics, plugins) and notify observers."""
+        report: dict[str, Any] = {
+            "recipe": self.recipe.name,
+            "recipe_hash": self.recipe.hash(),
+            "steps": self.step,
+            "sparsity": self.sparsity(),
+            "modifiers": [
+                {"type": getattr(m.config, "type", type(m).__name__), **m.report(self)}
+                for m in self.modifiers
+            ],
+            "plugins": [
+                {"name": p.name, "distribution": p.distribution, "version": p.version}
+                for p in self.registries.plugins
+            ],
+        }
+        if extra:
+            report.update(extra)
+        self.plugins.hook.session_finished(session=self, report=report)
+        return report
+
+    # -- checkpointing -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume exactly; the model's weights are saved by the caller."""
+        return {
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "masks": self.masks.state_dict(),
+            "modifiers": [m.state_dict() for m in self.modifiers],
+            "optimizer": self.optimizer_.state_dict() if self.optimizer_ is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["modifiers"]) != len(self.modifiers):
+            raise ValueError("checkpoint was written by a recipe with a different modifier list")
+        self._started = True
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.masks.load_state_dict(state["masks"])
+        for modifier, modifier_state in zip(self.modifiers, state["modifiers"], strict=True):
+            modifier.load_state_dict(modifier_state)
+        if state.get("optimizer") is not None:
+            if self.optimizer_ is None:
+                raise RuntimeError("call session.optimizer() before load_state_dict()")
+            self.optimizer_.load_state_dict(state["optimizer"])
+        self._apply_lr()
+
+    def timeline(self) -> list[tuple[str, list[tuple[int, str]]]]:
+        """What happens when, per modifier (for ``compressor explain``)."""
+        return [
+            (f"modifiers[{i}] {getattr(m.config, 'type', '')}", m.timeline())
+            for i, m in enumerate(self.modifiers)
+        ]
+
+
+__all__ = ["Session", "SessionOptimizer"]

@@ -1,0 +1,139 @@
+"""Run a study: every (recipe, seed) in a fresh session, results into the study's store.
+
+Finished runs are skipped when the study is run again (an interrupted study resumes where it
+stopped; a run interrupted mid-way continues from its own checkpoint). A failing run is
+recorded with its error and the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+from compressor.host.manager import Plugins
+from compressor.study.spec import Study, Trial
+from compressor.study.store import Store
+from compressor.train.checkpoint import load
+from compressor.train.loop import CHECKPOINT, resume_key, run
+from compressor.train.progress import console
+
+STORE = "results.sqlite"
+
+
+def target_label(operator: dict[str, Any], target_sparsity: float | None) -> str:
+    """'0.9' for magnitude, '2:4' for N:M, '<kind> 0.5' for any other operator."""
+    if "keep" in operator and "group" in operator:
+        return f"{operator['keep']}:{operator['group']}"
+    level = "" if target_sparsity is None else f"{target_sparsity:g}"
+    if operator.get("kind") == "magnitude":
+        return level if operator.get("scope", "global") == "global" else f"layer {level}"
+    shape = "x".join(map(str, operator["block"])) + " " if "block" in operator else ""
+    return f"{operator.get('kind')} {shape}{level}".strip()
+
+
+def oneshot_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """The one-shot robustness curve of a run: (sparsity, accuracy after BN recalibration, target)."""
+    result = report.get("evaluations", {}).get("oneshot") or {}
+    return [
+        (
+            float(row["sparsity"]),
+            float(row["accuracy"]),
+            target_label(row["operator"], row["target_sparsity"]),
+        )
+        for row in result.get("results", [])
+    ]
+
+
+def training_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
+    return [(row["epoch"], row["test_accuracy"], "") for row in report.get("history", [])]
+
+
+def metrics_of(report: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics stored per run; one-shot points are stored as ``oneshot@<target>``."""
+    metrics = {
+        "test_accuracy": float(report["metrics"]["test_accuracy"]),
+        "sparsity": float(report["sparsity"]["global"]),
+        "train_time_s": float(report.get("train_time_s", math.nan)),
+    }
+    realised = report.get("evaluations", {}).get("realised") or {}
+    if realised:
+        metrics["stored_kb"] = realised["bytes"]["exported"] / 1024
+        for batch, timing in realised["latency_ms"].items():
+            metrics[f"speedup_{batch}"] = timing["speedup"]
+    for sparsity, accuracy, target in oneshot_points(report):
+        metrics[f"oneshot@{target}"] = accuracy
+        metrics[f"oneshot_sparsity@{target}"] = sparsity
+    return metrics
+
+
+def run_study(
+    study: Study,
+    out_dir: str | Path,
+    *,
+    plugins: Plugins,
+    progress: bool = True,
+    rerun_failed: bool = True,
+) -> Store:
+    """Run what is not finished yet; return the store."""
+    out = Path(out_dir)
+    store = Store(out / STORE)
+    store.meta("name", study.name)
+    store.meta("description", study.description)
+    store.meta("labels", "\n".join(study.labels))
+    total = len(study.trials)
+    for position, trial in enumerate(study.trials, start=1):
+        status = store.status(trial.key, trial.recipe.hash())
+        if status == "done" or (status == "failed" and not rerun_failed):
+            if progress:
+                console.print(f"[dim][{position}/{total}] {trial.key}: already {status}[/dim]")
+            continue
+        if progress:
+            console.rule(f"[bold][{position}/{total}][/bold] {trial.label} · seed {trial.seed}")
+        _run_trial(trial, position, out, store, plugins, progress)
+    return store
+
+
+def _run_trial(
+    trial: Trial, position: int, out: Path, store: Store, plugins: Plugins, progress: bool
+) -> None:
+    run_dir = out / "runs" / trial.folder
+    common: dict[str, Any] = {
+        "key": trial.key,
+        "label": trial.label,
+        "seed": trial.seed,
+        "position": position,
+        "recipe_name": trial.recipe.name,
+        "recipe_hash": trial.recipe.hash(),
+    }
+    checkpoint = run_dir / CHECKPOINT
+    try:
+        fresh = checkpoint.exists() and load(checkpoint).get("resume_key") != resume_key(
+            trial.recipe
+        )
+        report = run(
+            trial.recipe,
+            run_dir,
+            plugins=plugins,
+            resume=not fresh,
+            overwrite=fresh,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failing run must not stop the study
+        message = f"{type(exc).__name__}: {exc}"
+        store.record(**common, report=None, error=message)
+        (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        console.print(
+            f"[red]{trial.key} failed:[/red] {message} (traceback in {run_dir / 'error.txt'})"
+        )
+        return
+    store.record(
+        **common,
+        report=report,
+        metrics=metrics_of(report),
+        curves={"oneshot": oneshot_points(report), "training": training_points(report)},
+    )

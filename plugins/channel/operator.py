@@ -1,0 +1,187 @@
+"""The ``channel`` operator: structured pruning of whole output channels (METHODS.md §1).
+
+Channels are pruned per *coupled group* (see :mod:`compressor_plugins.channel.groups`): a conv's
+outputs, or every conv feeding one residual sum. In each group of ``n`` channels the operator
+keeps ``k = round((1 - s)·n)`` channels (halves up), rounded to the nearest multiple of
+``round_to`` and at least ``max(1, round_to)`` (never more than ``n``); ``sparsity`` is thus the
+fraction of channels removed *in every group*, not of weights (a layer whose inputs and outputs
+are both halved loses ~75% of its weights).
+
+**Scores.** A group channel's weights are every output row that produces it, over all coupled
+conv/linear layers (only tensors present in the ``weights`` dict count):
+``l1 = Σ|w|``, ``l2 = sqrt(Σ w²)`` over those rows, and ``taylor = |Σ w·g|`` (Molchanov et
+al. 2019, first order; ``g`` from each tensor's ``.grad``, else the bound parameter's). Without
+gradients ``taylor`` falls back to ``l1`` with one warning. Ties keep the lower index.
+
+**Masks.** For a dropped channel, every tensor in ``weights`` that the group touches gets False
+on the channel's positions: producer rows (and biases), *and the consumers' input columns*. BN
+weight/bias are masked too if the caller passes them, but GMP/one-shot pass only conv/linear
+weights (METHODS.md: BN is never an eligible tensor), so by default BN is left alone: a pruned
+channel then outputs BN's constant shift, which no consumer reads because its input columns are
+masked. The masked model therefore computes exactly what the physically pruned model computes,
+and export can remove the channel together with its BN entries. Every name in ``weights`` gets a
+mask (all True when no group touches it), so ``project`` works on any weight dict (CrAM).
+
+**Ignored layers.** Output pruning never touches the layers producing the model's output (the
+classifier, found by tracing), layers matching ``ignore`` (globs/``re:`` over module names), or
+layers whose weight the selection excludes; a group containing any of them is not pruned.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from compressor import hookimpl
+from compressor.contract.bases import Operator, OperatorConfig, Target
+from compressor.contract.errors import ConfigError
+from compressor.contract.selection import matches
+from compressor_plugins.channel.groups import (
+    ChannelGroup,
+    channel_groups,
+    channel_values,
+    example_input,
+    output_layers,
+    slot_mask,
+)
+from compressor_plugins.prune.magnitude import keep_count, topk_mask
+
+
+def keep_channels(size: int, sparsity: float, round_to: int) -> int:
+    """Channels kept in a group of ``size`` at ``sparsity`` (see the module docstring)."""
+    keep = keep_count(size, sparsity)
+    if round_to > 1:
+        keep = round_to * int(keep / round_to + 0.5)
+    return min(size, max(keep, round_to, 1))
+
+
+class Channel(Operator):
+    class Config(OperatorConfig):
+        kind: Literal["channel"]
+        score: Literal["l1", "l2", "taylor"] = "l1"
+        round_to: int = Field(1, ge=1, description="kept widths are multiples of this")
+        ignore: list[str] = Field(
+            default_factory=list, description="module names never output-pruned (globs, re:)"
+        )
+        example_input_shape: list[int] | None = Field(
+            None, description="input shape without batch axis, for tracing the graph"
+        )
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.groups: list[ChannelGroup] = []
+        self._params: dict[str, nn.Parameter] = {}
+        self._warned = False
+
+    def bind(self, model: nn.Module, targets: list[Target]) -> None:
+        """Trace the dependency graph once and tabulate the coupled groups."""
+        super().bind(model, targets)
+        shape = self.config.example_input_shape
+        try:
+            x = example_input(model, shape)
+        except ValueError as exc:
+            raise ConfigError(str(exc), ("example_input_shape",)) from None
+        target_modules = {t.module for t in targets}
+        ignored = set(output_layers(model, x))
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            prunable = isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            if prunable and isinstance(weight, nn.Parameter) and module not in target_modules:
+                ignored.add(module)
+            if any(matches(name, pattern) for pattern in self.config.ignore):
+                ignored.add(module)
+        try:
+            self.groups, _ = channel_groups(model, x, list(ignored))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.groups:
+            raise ConfigError("no prunable channel group (every group has an ignored layer)")
+        self._params = dict(model.named_parameters())
+
+    def _scores(
+        self, group: ChannelGroup, weights: Mapping[str, torch.Tensor], taylor: bool
+    ) -> torch.Tensor | None:
+        total: torch.Tensor | None = None
+        for slot in group.scored_slots():
+            if slot.name not in weights:
+                continue
+            w = weights[slot.name]
+            rows = channel_values(slot, w, group.size)
+            if taylor:
+                grad = self._grad(slot.name, w)
+                assert grad is not None
+                part = (rows * channel_values(slot, grad, group.size)).sum(1)
+            elif self.config.score == "l2":
+                part = rows.pow(2).sum(1)
+            else:
+                part = rows.abs().sum(1)
+            total = part if total is None else total + part
+        if total is None:
+            return None
+        if taylor:
+            return total.abs()
+        return total.sqrt() if self.config.score == "l2" else total
+
+    def _grad(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        grad = tensor.grad if isinstance(tensor, torch.Tensor) and tensor.is_leaf else None
+        if grad is None and name in self._params:
+            grad = self._params[name].grad
+        return grad
+
+    def _use_taylor(self, weights: Mapping[str, torch.Tensor]) -> bool:
+        if self.config.score != "taylor":
+            return False
+        names = {s.name for g in self.groups for s in g.scored_slots() if s.name in weights}
+        if all(self._grad(name, weights[name]) is not None for name in names):
+            return True
+        if not self._warned:
+            warnings.warn(
+                "channel operator: taylor score without gradients; using l1", stacklevel=3
+            )
+            self._warned = True
+        return False
+
+    def keep(
+        self, weights: Mapping[str, torch.Tensor], sparsity: float
+    ) -> list[tuple[ChannelGroup, torch.Tensor]]:
+        """The kept channels of every group that ``weights`` can score."""
+        taylor = self._use_taylor(weights)
+        kept = []
+        for group in self.groups:
+            scores = self._scores(group, weights, taylor)
+            if scores is None:
+                continue
+            count = keep_channels(group.size, sparsity, self.config.round_to)
+            kept.append((group, topk_mask(scores.float(), count)))
+        return kept
+
+    def masks(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        sparsity: float | None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if sparsity is None:
+            raise ValueError("the channel operator needs a target sparsity")
+        out = {
+            name: torch.ones_like(w, dtype=torch.bool, device=w.device)
+            for name, w in weights.items()
+        }
+        if sparsity <= 0.0:
+            return out
+        for group, keep in self.keep(weights, sparsity):
+            for slot in group.slots:
+                if slot.name in out:
+                    out[slot.name] &= slot_mask(slot, out[slot.name].shape, keep)
+        return out
+
+
+@hookimpl
+def register_operators(register):  # type: ignore[no-untyped-def]
+    register(Channel)

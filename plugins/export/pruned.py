@@ -1,0 +1,304 @@
+"""``pruned`` export: physically remove dead channels with Torch-Pruning (METHODS.md §9).
+
+A channel is *dead* in a (masked) model when every conv/linear row producing it is zero and
+either every consumer's input columns for it are zero (what the ``channel`` operator's masks
+give) or its output is exactly zero (biases and BN weight/bias zero too). Dead channels are
+removed group by group through the dependency graph, so BN entries, residual partners and
+consumer columns go with them; a group keeps at least one channel. The result is verified
+against the masked model on random inputs (max |diff| ≤ ``atol``, default 1e-5) before anything
+is written.
+
+**File format** (loadable with ``torch.load(weights_only=True)``): a dict with the pruned
+``state_dict``, the new sizes of every resized module (``in_channels``/``out_channels``/
+``num_features``...), the input shape and, when exported from a session, the recipe's
+``model`` spec and ``num_classes``. :func:`load_pruned` rebuilds the dense architecture (from
+the spec, or a model you pass), shrinks its modules to the stored sizes and loads the weights:
+no pickled code, so any torch version can read it. A JSON report (params, MACs, file size and
+CPU latency at batch 1 and 64, pruned and dense) is written next to the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor import hookimpl
+from compressor.contract.bases import DataInfo
+from compressor.contract.errors import CompressorError
+from compressor.train.checkpoint import atomic_save, atomic_write_json
+from compressor_plugins.channel.groups import (
+    ChannelGroup,
+    build_graph,
+    channel_groups,
+    channel_values,
+    example_input,
+    output_layers,
+    require_torch_pruning,
+)
+from compressor_plugins.evaluate.latency import compare_latency
+
+FORMAT = "compressor-pruned/1"
+LATENCY_REPEATS = 20  # alternating timed runs per model and batch size in the export report
+LATENCY_THREADS = 1  # torch CPU threads while timing: one thread is reproducible on shared hosts
+
+# Module attributes that follow a tensor's shape, per module kind.
+_SIZE_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.Conv1d: ("in_channels", "out_channels", "groups"),
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Conv3d: ("in_channels", "out_channels", "groups"),
+    nn.ConvTranspose1d: ("in_channels", "out_channels", "groups"),
+    nn.ConvTranspose2d: ("in_channels", "out_channels", "groups"),
+    nn.ConvTranspose3d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.BatchNorm1d: ("num_features",),
+    nn.BatchNorm2d: ("num_features",),
+    nn.BatchNorm3d: ("num_features",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+}
+
+
+class ExportError(CompressorError):
+    """The pruned model does not reproduce the masked one (or cannot be built)."""
+
+
+def _zero(
+    group: ChannelGroup,
+    model_params: Mapping[str, torch.Tensor],
+    roles: set[str],
+    scored: bool | None = None,
+) -> torch.Tensor:
+    """Per channel: are all entries on the group's slots of ``roles`` exactly zero?"""
+    zero = torch.ones(group.size, dtype=torch.bool)
+    for slot in group.slots:
+        if slot.role not in roles or (scored is not None and slot.scored != scored):
+            continue
+        rows = channel_values(slot, model_params[slot.name], group.size)
+        zero &= (rows == 0).all(1).cpu()
+    return zero
+
+
+def dead_channels(group: ChannelGroup, params: Mapping[str, torch.Tensor]) -> list[int]:
+    """Channels of ``group`` whose removal cannot change the model's output (module docstring);
+    at least one channel is always kept."""
+    produced_zero = _zero(group, params, {"out"}, scored=True)
+    consumers_zero = _zero(group, params, {"in"})
+    output_zero = _zero(group, params, {"out"}, scored=False) & _zero(group, params, {"norm"})
+    dead = produced_zero & (consumers_zero | output_zero)
+    if bool(dead.all()):
+        dead[0] = False
+    return [int(i) for i in torch.nonzero(dead).flatten()]
+
+
+def count_macs_params(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """MACs and parameters of one forward on ``x`` (Torch-Pruning's counter)."""
+    tp = require_torch_pruning()
+    macs, params = tp.utils.count_ops_and_params(model, x)
+    return int(macs), int(params)
+
+
+def module_sizes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The shape-bearing attributes of every module, for rebuilding."""
+    sizes: dict[str, dict[str, int]] = {}
+    for name, module in model.named_modules():
+        attrs = _SIZE_ATTRS.get(type(module))
+        if attrs:
+            sizes[name] = {attr: int(getattr(module, attr)) for attr in attrs}
+    return sizes
+
+
+def export_pruned(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    x: torch.Tensor | None = None,
+    *,
+    atol: float = 1e-5,
+    verify_batch: int = 4,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Apply ``masks`` (name -> keep mask; None: use the weights' zeros) to a copy of
+    ``model``, remove its dead channels, verify, and return ``(small_model, report)``.
+
+    ``x`` is a batch-1 example input (default: :func:`example_input`). ``model`` itself is
+    never modified. Raises :class:`ExportError` when outputs differ by more than ``atol``.
+    """
+    require_torch_pruning()
+    masked = copy.deepcopy(model).eval()
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for name, mask in (masks or {}).items():
+            if name not in params:
+                raise ExportError(f"mask for {name!r}, which the model does not have")
+            params[name].mul_(mask.to(params[name].device, params[name].dtype))
+    x = example_input(masked) if x is None else x
+    small = copy.deepcopy(masked)
+    graph = build_graph(small, x)
+    groups, graph = channel_groups(small, x, output_layers(small, x), graph=graph)
+    small_params = dict(small.named_parameters())
+    modules = dict(small.named_modules())
+    plan = [(group, dead_channels(group, small_params)) for group in groups]
+    for group, dead in plan:
+        if dead:
+            root = modules[group.root]
+            pruner = graph.get_pruner_of_module(root)
+            graph.get_pruning_group(root, pruner.prune_out_channels, dead).prune()
+    small.eval()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((verify_batch, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
+    with torch.no_grad():
+        diff = (small(probe) - masked(probe)).abs().max().item()
+    if not diff <= atol:
+        raise ExportError(
+            f"pruned model differs from the masked model by {diff:.3g} (> {atol:g}); "
+            "are consumers of pruned channels masked too (or their outputs exactly zero)?"
+        )
+    dense_macs, dense_params = count_macs_params(masked, x)
+    macs, n_params = count_macs_params(small, x)
+    report = {
+        "format": FORMAT,
+        "input_shape": list(x.shape[1:]),
+        "max_abs_diff": diff,
+        "params": {"dense": dense_params, "pruned": n_params},
+        "macs": {"dense": dense_macs, "pruned": macs},
+        "groups": {
+            group.root: {"channels": group.size, "kept": group.size - len(dead)}
+            for group, dead in plan
+        },
+    }
+    return small, report
+
+
+def serialized_bytes(obj: Any) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.tell()
+
+
+def pruned_payload(
+    small: nn.Module,
+    input_shape: list[int],
+    model_spec: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """What :func:`save_pruned` writes: plain tensors, ints and strings only."""
+    return {
+        "format": FORMAT,
+        "state_dict": small.state_dict(),
+        "modules": module_sizes(small),
+        "input_shape": list(input_shape),
+        "model": model_spec,
+        "num_classes": num_classes,
+    }
+
+
+def save_pruned(payload: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    atomic_save(payload, path)
+    return path
+
+
+def shrink_to(model: nn.Module, payload: Mapping[str, Any]) -> nn.Module:
+    """Resize ``model``'s modules and tensors to the payload's and load its weights."""
+    for name, attrs in payload["modules"].items():
+        module = model.get_submodule(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+    state = payload["state_dict"]
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        param = module._parameters.get(leaf)
+        buffer = module._buffers.get(leaf)
+        if param is not None and param.shape != tensor.shape:
+            module._parameters[leaf] = nn.Parameter(
+                torch.empty_like(tensor), requires_grad=param.requires_grad
+            )
+        elif buffer is not None and buffer.shape != tensor.shape:
+            module._buffers[leaf] = torch.empty_like(tensor)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_pruned(
+    path: str | Path, model: nn.Module | None = None, *, registries: Any = None
+) -> nn.Module:
+    """Rebuild a pruned model: from ``model`` (a fresh dense instance of the architecture) or,
+    if None, from the file's model spec through the model registry."""
+    payload = torch.load(Path(path), weights_only=True, map_location="cpu")
+    if payload.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a {FORMAT} file")
+    if model is None:
+        spec = payload.get("model")
+        if spec is None or payload.get("num_classes") is None:
+            raise ExportError(f"{path} has no model spec: pass a dense model to load_pruned")
+        if registries is None:
+            from compressor.host.manager import default_plugins
+
+            registries = default_plugins().registries
+        entry = registries.models.get(spec["name"])
+        info = DataInfo(tuple(payload["input_shape"]), int(payload["num_classes"]))
+        model = entry.cls(entry.config.model_validate(spec)).build(info)
+    return shrink_to(model, payload)
+
+
+def export_report(
+    model: nn.Module,
+    small: nn.Module,
+    report: dict[str, Any],
+    payload: dict[str, Any],
+    path: Path,
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """Add file sizes and alternating CPU latency (dense vs pruned) to ``report``."""
+    dense = copy.deepcopy(model).cpu().eval()
+    small = small.cpu().eval()
+    report["file_bytes"] = {
+        "dense": serialized_bytes(dense.state_dict()),
+        "pruned": path.stat().st_size if path.exists() else serialized_bytes(payload),
+    }
+    report["latency_cpu"] = {"threads": LATENCY_THREADS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        for batch in batches:
+            x = torch.randn(batch, *report["input_shape"])
+            timing = compare_latency(
+                {"dense": dense, "pruned": small}, x, repeats=repeats or LATENCY_REPEATS
+            )
+            report["latency_cpu"][f"batch{batch}"] = timing
+    finally:
+        torch.set_num_threads(threads)
+    return report
+
+
+def _session_spec(session: Any) -> tuple[dict[str, Any] | None, DataInfo | None]:
+    try:
+        config = session.recipe.config
+        spec = config.model.model_dump(mode="json")
+        info = session.registries.datasets.build(config.data).info()
+    except AttributeError:
+        return None, None
+    return spec, info
+
+
+@hookimpl
+def export(session: Any, model: nn.Module, path: Path, format: str) -> Path | None:
+    """``format == "pruned"``: write the physically pruned model and ``<path>.json``."""
+    if format != "pruned":
+        return None
+    masks = {name: session.masks.get(name) for name in session.masks} if session else None
+    spec, info = _session_spec(session) if session is not None else (None, None)
+    shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
+    x = example_input(model, shape)
+    small, report = export_pruned(model, masks, x)
+    payload = pruned_payload(small, report["input_shape"], spec, info.num_classes if info else None)
+    path = save_pruned(payload, Path(path))
+    export_report(model, small, report, payload, path)
+    atomic_write_json(report, path.with_suffix(".json"))
+    return path

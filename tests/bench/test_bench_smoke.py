@@ -1,0 +1,39 @@
+"""bench/robustness.py --smoke: the Q study end to end at toy size (all recipes, seed 0).
+
+Checks the plumbing, not the numbers: every recipe of bench/studies/q-protocol.yaml runs
+(including the ADMM baseline started from the SGD run's weights), the tables print, every bar
+gets a PASS/MISS with a margin, and the result file is written. About 10 s of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import ROOT
+
+
+def test_robustness_smoke(tmp_path: Path) -> None:
+    out, result = tmp_path / "study", tmp_path / "robustness.json"
+    command = [sys.executable, str(ROOT / "bench" / "robustness.py"), "--smoke"]
+    command += ["--out", str(out), "--json", str(result)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "FAILED" not in done.stdout, done.stdout
+    payload = json.loads(result.read_text())
+    assert payload["smoke"] is True
+    assert all(seeds == [0] for seeds in payload["seeds_done"].values()), payload["seeds_done"]
+    assert "ADMM one-shot + FT" in payload["seeds_done"]
+    assert {b["status"] for b in payload["bars"]} <= {"PASS", "MISS"}
+    assert all("margin" in b for b in payload["bars"])
+    assert len(payload["bars"]) == 9
+    assert "| SGD | 0 |" in done.stdout and "Bars" in done.stdout
+    admm = payload["admm"]["ADMM 4x4 50%+25%"]["per_seed"]["0"]
+    assert admm["pruned_of_target"] == 1.0 and admm["unified_of_target"] == 1.0
+
+    # --report-only reads the same store without training anything.
+    again = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads(result.read_text())["bars"] == payload["bars"]

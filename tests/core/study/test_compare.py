@@ -1,0 +1,194 @@
+"""Side-by-side comparison: studies, the results store, resume after a kill, reports, plots."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compressor.cli.main import main
+from compressor.host.manager import Plugins
+from compressor.study.runner import STORE, run_study
+from compressor.study.spec import load_study
+from compressor.study.store import Store
+from tests.support import ROOT
+
+RECIPE = """\
+name: {name}
+model: {{name: mlp, hidden: [16]}}
+data: {{name: synthetic, samples: 64, test_samples: 32, features: 8, classes: 3, batch_size: 16}}
+train: {{epochs: 2}}
+optimizer: {{name: sgd, lr: 0.1}}
+"""
+GMP = "modifiers:\n  - {type: gmp, schedule: {kind: cubic, final: 0.5, end: 1ep}}\n"
+STUDY = """\
+version: 1
+name: tiny
+seeds: [0, 1]
+shared:
+  train: {epochs: EPOCHS}
+  evaluate:
+    oneshot: {sparsities: [0.5, 0.8], bn_recalibration: {batches: 2, batch_size: 16, calibration_samples: 32}}
+recipes:
+  - sgd.yaml
+  - {path: gmp.yaml, label: GMP 50%}
+"""
+
+
+def write_study(folder: Path, epochs: int = 2, *, with_oneshot: bool = True) -> Path:
+    (folder / "sgd.yaml").write_text(RECIPE.format(name="sgd"))
+    (folder / "gmp.yaml").write_text(RECIPE.format(name="gmp") + GMP)
+    text = STUDY.replace("EPOCHS", str(epochs))
+    if not with_oneshot:
+        text = "\n".join(
+            line for line in text.splitlines() if "evaluate" not in line and "oneshot" not in line
+        )
+    (folder / "study.yaml").write_text(text + "\n")
+    return folder / "study.yaml"
+
+
+def has_oneshot(plugins: Plugins) -> bool:
+    return "oneshot" in plugins.registries.evaluators
+
+
+def test_study_runs_every_recipe_and_seed_with_shared_settings(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    study = load_study(
+        write_study(tmp_path, 3, with_oneshot=has_oneshot(plugins)), plugins.registries
+    )
+    assert [t.key for t in study.trials] == [
+        "sgd/seed0",
+        "sgd/seed1",
+        "GMP 50%/seed0",
+        "GMP 50%/seed1",
+    ]
+    assert all(t.recipe.config.train.epochs == 3 for t in study.trials)
+    assert [t.recipe.config.train.seed for t in study.trials] == [0, 1, 0, 1]
+    store = run_study(study, tmp_path / "out", plugins=plugins, progress=False)
+    rows = store.runs()
+    assert [(r.label, r.seed, r.status) for r in rows] == [
+        ("sgd", 0, "done"),
+        ("sgd", 1, "done"),
+        ("GMP 50%", 0, "done"),
+        ("GMP 50%", 1, "done"),
+    ]
+    assert store.metrics("GMP 50%/seed1")["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert len(store.curve("sgd/seed0", "training")) == 3
+    if has_oneshot(plugins):
+        assert [label for _, _, label in store.curve("sgd/seed0", "oneshot")] == ["0.5", "0.8"]
+
+
+def test_store_rows_match_the_printed_table_and_files(
+    plugins: Plugins,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = write_study(tmp_path, with_oneshot=has_oneshot(plugins))
+    assert main(["compare", str(study), "--out", "out", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    store = Store(tmp_path / "out" / STORE)
+    accuracies = {}
+    for label in ("sgd", "GMP 50%"):
+        values = [store.metrics(f"{label}/seed{s}")["test_accuracy"] for s in (0, 1)]
+        mean = sum(values) / 2
+        accuracies[label] = f"{100 * mean:.2f}"
+        assert accuracies[label] in printed
+    with (tmp_path / "out" / "report.csv").open() as handle:
+        table = list(csv.reader(handle))
+    assert table[0][:4] == ["method", "seeds", "trained acc %", "sparsity"]
+    assert [row[0] for row in table[1:]] == ["sgd", "GMP 50%"]
+    assert table[2][2].startswith(accuracies["GMP 50%"])
+    for name in ("robustness.png", "training.png", "report.md", "report.json"):
+        path = tmp_path / "out" / name
+        assert path.stat().st_size > 1000 or name.endswith((".md", ".json")), name
+    assert (tmp_path / "out" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report is re-rendered from the store alone
+    (tmp_path / "out" / "report.md").unlink()
+    assert main(["report", "out"]) == 0
+    assert "GMP 50%" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_failing_run_is_reported_and_the_study_goes_on(plugins: Plugins, tmp_path: Path) -> None:
+    path = write_study(tmp_path, with_oneshot=False)
+    (tmp_path / "sgd.yaml").write_text(
+        RECIPE.format(name="sgd").replace(
+            "train: {epochs: 2}", "train: {epochs: 2, init_from: missing.pt}"
+        )
+    )
+    store = run_study(
+        load_study(path, plugins.registries), tmp_path / "out", plugins=plugins, progress=False
+    )
+    status = {r.key: r.status for r in store.runs()}
+    assert status == {
+        "sgd/seed0": "failed",
+        "sgd/seed1": "failed",
+        "GMP 50%/seed0": "done",
+        "GMP 50%/seed1": "done",
+    }
+    failed = [r for r in store.runs() if r.status == "failed"][0]
+    assert "missing.pt does not exist" in (failed.error or "")
+    assert (tmp_path / "out" / "runs" / "sgd-seed0" / "error.txt").exists()
+
+
+def test_killed_study_resumes_without_rerunning_finished_runs(tmp_path: Path) -> None:
+    study = write_study(tmp_path, epochs=40, with_oneshot=False)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "compressor.cli.main",
+        "compare",
+        str(study),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    database = out / STORE
+    deadline = time.time() + 120
+    done: list[tuple[str, float]] = []
+    while time.time() < deadline and process.poll() is None:
+        if database.exists():
+            try:
+                with sqlite3.connect(database) as db:
+                    done = db.execute(
+                        "SELECT key, finished_at FROM runs WHERE status = 'done'"
+                    ).fetchall()
+            except sqlite3.OperationalError:
+                done = []
+            if done:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 1 <= len(done) < 4, "the study should have been killed part-way"
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    with sqlite3.connect(database) as db:
+        rows = dict(
+            db.execute("SELECT key, finished_at FROM runs WHERE status = 'done'").fetchall()
+        )
+    assert len(rows) == 4
+    for key, finished_at in done:
+        assert rows[key] == finished_at  # not re-run
+
+
+def test_the_embedded_default_study_validates(plugins: Plugins) -> None:
+    root = ROOT
+    study = load_study(root / "recipes" / "studies" / "mnist1d.yaml", plugins.registries)
+    assert {"SGD", "SAM", "CrAM+ Multi", "GMP 90%"} <= set(study.labels)
+    epochs = {t.recipe.config.train.epochs for t in study.trials}
+    assert epochs == {8}
+    assert all(t.recipe.config.evaluate.oneshot is not None for t in study.trials)
