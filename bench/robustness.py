@@ -206,19 +206,9 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
             "seeds": sorted(by_seed),
             "trained_sparsity": trained,
             "dense": column(by_seed, "test_accuracy"),
-            **{t: column(by_seed, f"oneshot@{t}") for t in LEVELS + PATTERNS + [PROJECTION]},
+            **{t: column(by_seed, f"oneshot:{t}") for t in LEVELS + PATTERNS + [PROJECTION]},
             **{
-                f"{t} before recalibration": stats(
-                    [
-                        100 * r["accuracy_before_recalibration"]
-                        for s in sorted(by_seed)
-                        for r in by_seed[s]["report"]
-                        .get("evaluations", {})
-                        .get("oneshot", {})
-                        .get("results", [])
-                        if _target(r) == t
-                    ]
-                )
+                f"{t} before recalibration": column(by_seed, f"oneshot:{t}/before_recalibration")
                 for t in LEVELS + PATTERNS + [PROJECTION]
             },
         }
@@ -266,7 +256,7 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
         lines.append(
             f"| SGD dense, projected in one shot, no FT (BN re-calibrated; as projected) | "
             f"{','.join(map(str, sorted(sgd)))} | {cell(column(sgd, 'test_accuracy'))} | "
-            f"{cell(column(sgd, f'oneshot@{PROJECTION}'))}; "
+            f"{cell(column(sgd, f'oneshot:{PROJECTION}'))}; "
             f"{cell(before)} | — | | | | | |"
         )
     data["admm"] = {}
@@ -302,12 +292,6 @@ def tables(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[str, A
             f"{cell(agg('compression_ratio'))}× | {cell(agg('storage_ratio'))}× |"
         )
     return "\n".join(lines) + "\n", data
-
-
-def _target(result: dict[str, Any]) -> str:
-    from compressor.study.runner import target_label
-
-    return target_label(result["operator"], result["target_sparsity"])
 
 
 def _pct(x: Any) -> str:
@@ -347,7 +331,7 @@ def bars(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict[str
     for level, gmp_label in GMP.items():
         gmp = runs.get(gmp_label) or {}
         seeds = _paired(cram, gmp)
-        one = mean(cram, f"oneshot@{level}", seeds)
+        one = mean(cram, f"oneshot:{level}", seeds)
         ref = mean(gmp, "test_accuracy", seeds)
         add(
             f"CrAM+ Multi one-shot {100 * float(level):g}% >= {gmp_label} - 0.5",
@@ -368,7 +352,7 @@ def bars(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, list[dict[str
     )
     nm = runs.get(CRAM_NM) or {}
     seeds = sorted(nm)
-    two, own = mean(nm, "oneshot@2:4", seeds), mean(nm, "test_accuracy", seeds)
+    two, own = mean(nm, "oneshot:2:4", seeds), mean(nm, "test_accuracy", seeds)
     add(
         "CrAM+ N:M one-shot 2:4 >= own dense - 0.2",
         two,
@@ -432,7 +416,7 @@ def sweep_table(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[str, dict[s
         if not by_seed:
             continue
         dense = column(by_seed, "test_accuracy")["mean"]
-        shots = {t: column(by_seed, f"oneshot@{t}")["mean"] for t in LEVELS}
+        shots = {t: column(by_seed, f"oneshot:{t}")["mean"] for t in LEVELS}
         worst = min(shots[t] for t in LEVELS[1:])
         rows.append({"label": label, "dense": dense, **shots, "worst_70_95": worst})
     best = max(r["worst_70_95"] for r in rows)

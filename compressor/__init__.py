@@ -1,13 +1,37 @@
 """compressor: a plugin-based framework for compressing PyTorch models.
 
-The public surface is small: :class:`Session`, :func:`load_recipe`, :data:`hookimpl`, and the
-base classes in :mod:`compressor.contract.bases` that plugins subclass.
+For your own training loop: :class:`Session` and :func:`load_recipe`. For plugin authors:
+:mod:`compressor.plugin_api`, the one module a plugin imports from. The sub-packages are the
+engine's layers, lowest first — ``contract`` (what plugins build on), ``host`` (plugin
+manager, registries), ``recipe`` (schema, YAML positions), ``engine`` (Session, masks),
+``train`` (the built-in loop), ``study`` (comparisons, store, reports), ``cli`` — each
+importing only the ones below it; none imports the built-in plugins in ``compressor_plugins``.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from compressor.engine.session import Session  # noqa: E402
-from compressor.host.manager import hookimpl  # noqa: E402
-from compressor.recipe.schema import load_recipe  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+from compressor import _compat
+from compressor._version import __version__
+from compressor.contract.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from compressor.engine.session import Session
+    from compressor.recipe.schema import load_recipe
 
 __all__ = ["Session", "__version__", "hookimpl", "load_recipe"]
+
+_compat.install()
+
+
+def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the whole engine
+    if name == "Session":
+        from compressor.engine.session import Session
+
+        return Session
+    if name == "load_recipe":
+        from compressor.recipe.schema import load_recipe
+
+        return load_recipe
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")

@@ -1,5 +1,38 @@
-"""compressor's built-in plugins (installed as ``compressor_plugins``).
+"""compressor's built-in plugins, installed under the import name ``compressor_plugins``.
 
-Each module is an ordinary plugin: it uses only :mod:`compressor`'s public interfaces, exactly
-as a third-party package would.
+The folder is ``plugins/`` in the repository; ``pyproject.toml`` maps it to the package
+``compressor_plugins`` (setuptools ``package-dir``) so that it never collides with another
+top-level ``plugins`` module. Each module listed in :data:`PLUGINS` is an ordinary plugin that
+imports only :mod:`compressor.plugin_api`, exactly as a third-party package would; the core
+loads them by these names and never imports them itself. Families:
+
+* ``optim`` — sgd/adamw, schedules, SAM, CrAM;      * ``prune`` — magnitude, GMP, one-shot;
+* ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
+* ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
+* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models and datasets.
 """
+
+PLUGINS: tuple[str, ...] = (
+    "compressor_plugins.optim.torch_optimizers",
+    "compressor_plugins.optim.schedules",
+    "compressor_plugins.prune.magnitude",
+    "compressor_plugins.prune.gmp",
+    "compressor_plugins.nm.operator",
+    "compressor_plugins.nm.gradual",
+    "compressor_plugins.nm.check",
+    "compressor_plugins.export.semi_structured",
+    "compressor_plugins.blocks.view",
+    "compressor_plugins.blocks.unify",
+    "compressor_plugins.blocks.admm",
+    "compressor_plugins.zoo.models",
+    "compressor_plugins.zoo.datasets",
+    "compressor_plugins.export.state_dict",
+    "compressor_plugins.optim.sam",
+    "compressor_plugins.optim.cram",
+    "compressor_plugins.evaluate.oneshot",
+    "compressor_plugins.zoo.resnet",
+    "compressor_plugins.channel.operator",
+    "compressor_plugins.export.pruned",
+    "compressor_plugins.evaluate.realised",
+)
+"""Built-in plugin modules, in registration order."""

@@ -1,8 +1,8 @@
 """Every hook a compressor plugin can implement.
 
 This module is the plugin contract. A plugin is any module (or object) with functions decorated
-by :data:`compressor.hookimpl` whose names match the specs below. Built-in methods are plugins
-too and use nothing but these hooks and the public classes in :mod:`compressor.contract.bases`.
+by :data:`hookimpl` whose names match the specs below. Built-in methods are plugins too and use
+nothing but these hooks and what :mod:`compressor.plugin_api` exports.
 
 Two kinds of hook:
 
@@ -11,14 +11,14 @@ Two kinds of hook:
   the plugin (and distribution, version) that provided it. Duplicate names are errors naming
   both plugins. The engine instantiates these types from recipes and calls them directly: the
   training step never dispatches through pluggy per parameter.
-* Observer hooks (``session_started``, ``step_finished``, ``session_finished``), ``evaluate``
-  and ``export`` are called by the engine at well-defined points.
+* Observer hooks (``session_started``, ``step_finished``, ``session_finished``) are called by
+  the engine at well-defined points with the :class:`~compressor.contract.context.CompressionContext`
+  of the run; they may read it, never change what it trains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,12 +26,12 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
-    from torch import nn
-
-    from compressor.engine.session import Session
+    from compressor.contract.context import CompressionContext
 
 PROJECT = "compressor"
 hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Mark a plugin function as the implementation of the hook with the same name."""
 
 Register = Callable[[type], None]
 
@@ -40,9 +40,9 @@ Register = Callable[[type], None]
 def register_optimizers(register: Register) -> None:
     """Register optimizer types: base optimizers and optimizer wrappers.
 
-    :param register: call with a subclass of :class:`compressor.interfaces.OptimizerFactory`
+    :param register: call with a subclass of :class:`~compressor.plugin_api.OptimizerFactory`
         (selected in a recipe by ``optimizer: {name: ...}``) or of
-        :class:`compressor.interfaces.OptimizerWrapper` (``wrapper: {name: ...}``, e.g. SAM, CrAM).
+        :class:`~compressor.plugin_api.OptimizerWrapper` (``wrapper: {name: ...}``, e.g. SAM).
     """
 
 
@@ -50,7 +50,7 @@ def register_optimizers(register: Register) -> None:
 def register_operators(register: Register) -> None:
     """Register compression operators (mask builders and projections).
 
-    :param register: call with a subclass of :class:`compressor.interfaces.Operator`; its
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Operator`; its
         ``Config`` has a ``kind: Literal[...]`` tag.
     """
 
@@ -59,7 +59,7 @@ def register_operators(register: Register) -> None:
 def register_schedules(register: Register) -> None:
     """Register schedules: pure functions of the optimizer step (sparsity, rho, LR factor).
 
-    :param register: call with a subclass of :class:`compressor.interfaces.Schedule`; its
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Schedule`; its
         ``Config`` has a ``kind: Literal[...]`` tag.
     """
 
@@ -68,7 +68,7 @@ def register_schedules(register: Register) -> None:
 def register_modifiers(register: Register) -> None:
     """Register recipe modifiers (GMP, one-shot pruning, ADMM, ...).
 
-    :param register: call with a subclass of :class:`compressor.interfaces.Modifier`; its
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Modifier`; its
         ``Config`` has a ``type: Literal[...]`` tag.
     """
 
@@ -77,7 +77,7 @@ def register_modifiers(register: Register) -> None:
 def register_models(register: Register) -> None:
     """Register named model builders for ``compressor run``.
 
-    :param register: call with a subclass of :class:`compressor.interfaces.ModelBuilder`.
+    :param register: call with a subclass of :class:`~compressor.plugin_api.ModelBuilder`.
     """
 
 
@@ -85,7 +85,7 @@ def register_models(register: Register) -> None:
 def register_datasets(register: Register) -> None:
     """Register named dataset builders for ``compressor run``.
 
-    :param register: call with a subclass of :class:`compressor.interfaces.DatasetBuilder`.
+    :param register: call with a subclass of :class:`~compressor.plugin_api.DatasetBuilder`.
     """
 
 
@@ -93,8 +93,19 @@ def register_datasets(register: Register) -> None:
 def register_evaluators(register: Register) -> None:
     """Register configurable evaluators, keyed by name under a recipe's ``evaluate:`` section.
 
-    :param register: call with a subclass of :class:`compressor.interfaces.Evaluator`; its
-        ``Config`` has a ``name: Literal[...]`` tag that is also its key in ``evaluate:``.
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Evaluator`; its
+        ``Config`` has a ``name: Literal[...]`` tag that is also its key in ``evaluate:``. What
+        its :class:`~compressor.plugin_api.Evaluation` declares (metrics, table columns, curves,
+        legend) is all that studies, tables and plots show of it.
+    """
+
+
+@hookspec
+def register_exporters(register: Register) -> None:
+    """Register export formats for ``compressor export RUN --format NAME``.
+
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Exporter`; its
+        ``Config`` has a ``format: Literal[...]`` tag.
     """
 
 
@@ -103,17 +114,18 @@ def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[
     """Add sub-commands to the ``compressor`` command line.
 
     :param cli: the argparse sub-parsers object; call ``cli.add_parser(name, ...)`` and set
-        ``func=callable(args) -> int`` with ``set_defaults``.
+        ``func=callable(args) -> int`` (the exit code) with ``set_defaults``. Raise
+        :class:`~compressor.plugin_api.CompressorError` for a clean one-line error.
     """
 
 
 @hookspec
-def session_started(session: Session) -> None:
-    """Called once a :class:`~compressor.session.Session` is built, before the first step."""
+def session_started(context: CompressionContext) -> None:
+    """Called once a session is built, before the first step."""
 
 
 @hookspec
-def step_finished(session: Session, step: int, loss: float | None) -> None:
+def step_finished(context: CompressionContext, step: int, loss: float | None) -> None:
     """Called after every optimizer step, once masks and schedules are updated.
 
     :param step: the number of optimizer steps done so far (1 after the first step).
@@ -122,22 +134,5 @@ def step_finished(session: Session, step: int, loss: float | None) -> None:
 
 
 @hookspec
-def session_finished(session: Session, report: dict[str, Any]) -> None:
-    """Called by :meth:`Session.finalize` with the run report (observers may read it)."""
-
-
-@hookspec
-def evaluate(session: Session, model: nn.Module) -> dict[str, Any] | None:
-    """Return extra metrics for the run report; all results are merged.
-
-    Two plugins returning the same key is an error naming the key.
-    """
-
-
-@hookspec(firstresult=True)
-def export(session: Session | None, model: nn.Module, path: Path, format: str) -> Path | None:
-    """Write ``model`` to ``path`` in ``format``; return the written path if handled.
-
-    Stops at the first non-None result: the first plugin that handles ``format`` writes it.
-    Return None for formats you do not handle.
-    """
+def session_finished(context: CompressionContext, report: dict[str, Any]) -> None:
+    """Called when the session is finalised, with the run report (observers may read it)."""

@@ -22,7 +22,7 @@ class MaskSet:
         self._params = dict(model.named_parameters())
         self._masks: dict[str, torch.Tensor] = {}
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._masks
 
     def __iter__(self) -> Iterator[str]:

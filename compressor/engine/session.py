@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.contract.bases import Modifier, Operator, Schedule
 from compressor.contract.errors import ConfigError, Loc
+from compressor.contract.modifier import Modifier
+from compressor.contract.operator import Operator
 from compressor.contract.optim import DelegatingOptimizer
+from compressor.contract.schedule import Schedule
 from compressor.contract.selection import select, select_targets, sparsity_stats
 from compressor.contract.steps import StepClock
 from compressor.engine.masks import MaskSet
@@ -71,7 +73,11 @@ class SessionOptimizer(DelegatingOptimizer):
 
 
 class Session:
-    """Compression state for one training run of ``model`` driven by ``recipe``."""
+    """Compression state for one training run of ``model`` driven by ``recipe``.
+
+    Implements :class:`~compressor.contract.context.CompressionContext`: modifiers, wrappers
+    and observers receive the session typed as that protocol and use nothing else of it.
+    """
 
     def __init__(
         self,
@@ -106,7 +112,7 @@ class Session:
         self._check_overlaps()
         self._started = False
         self.evaluator: Callable[[], dict[str, float]] | None = None
-        self.plugins.hook.session_started(session=self)
+        self.plugins.hook.session_started(context=self)
 
     # -- building plugin objects -------------------------------------------------------------
 
@@ -116,16 +122,20 @@ class Session:
         except ConfigError as exc:
             raise self.recipe.error((*loc, *exc.loc), exc.message) from None
 
-    def build_operator(self, config: Any, *, at: Loc = ("operator",)) -> Operator:
-        """Instantiate an operator config and bind it to the tensors it selects in the model."""
+    def build_operator(
+        self, config: Any, *, at: Loc = ("operator",), model: nn.Module | None = None
+    ) -> Operator:
+        """Instantiate an operator config and bind it to the tensors it selects in ``model``
+        (default: the session's model)."""
+        model = self.model if model is None else model
         operator: Operator = self.registries.operators.build(config)
-        targets = select(self.model, config)
+        targets = select(model, config)
         if not targets:
             raise ConfigError(
                 "selects no tensors in this model (check modules/include/exclude)", at
             )
         try:
-            operator.bind(self.model, targets)
+            operator.bind(model, targets)
         except ConfigError as exc:
             raise ConfigError(exc.message, (*at, *exc.loc)) from None
         return operator
@@ -195,7 +205,7 @@ class Session:
         self._update()
         if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
             value = None if loss is None else float(loss)
-            self.plugins.hook.step_finished(session=self, step=self.step, loss=value)
+            self.plugins.hook.step_finished(context=self, step=self.step, loss=value)
 
     def _update(self) -> None:
         for modifier in self.modifiers:
@@ -233,7 +243,7 @@ class Session:
         }
         if extra:
             report.update(extra)
-        self.plugins.hook.session_finished(session=self, report=report)
+        self.plugins.hook.session_finished(context=self, report=report)
         return report
 
     # -- checkpointing -----------------------------------------------------------------------

@@ -20,38 +20,22 @@ from types import ModuleType
 
 import pluggy
 
-from compressor import __version__
+from compressor._version import __version__
 from compressor.contract import hookspecs
 from compressor.contract.errors import PluginError
 from compressor.host.registry import PluginInfo, Registries
 
-hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
-
 ENTRY_POINT_GROUP = "compressor"
 
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "compressor_plugins.optim.torch_optimizers",
-    "compressor_plugins.optim.schedules",
-    "compressor_plugins.prune.magnitude",
-    "compressor_plugins.prune.gmp",
-    "compressor_plugins.nm.operator",
-    "compressor_plugins.nm.gradual",
-    "compressor_plugins.nm.check",
-    "compressor_plugins.export.semi_structured",
-    "compressor_plugins.blocks.view",
-    "compressor_plugins.blocks.unify",
-    "compressor_plugins.blocks.admm",
-    "compressor_plugins.zoo.models",
-    "compressor_plugins.zoo.datasets",
-    "compressor_plugins.export.state_dict",
-    "compressor_plugins.optim.sam",
-    "compressor_plugins.optim.cram",
-    "compressor_plugins.evaluate.oneshot",
-    "compressor_plugins.zoo.resnet",
-    "compressor_plugins.channel.operator",
-    "compressor_plugins.export.pruned",
-    "compressor_plugins.evaluate.realised",
-)
+BUILTIN_PACKAGE = "compressor_plugins"
+"""The package of built-in plugins; its ``PLUGINS`` tuple names their modules. The core loads
+them by name like any plugin and never imports them itself."""
+
+
+def builtin_plugins() -> tuple[str, ...]:
+    """The built-in plugin modules, in registration order."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return tuple(getattr(package, "PLUGINS", ()))
 
 
 @dataclass
@@ -86,7 +70,7 @@ def load_plugins(
         pm.set_blocked(name)
     infos: dict[str, PluginInfo] = {}
 
-    for module_name in BUILTIN_PLUGINS:
+    for module_name in builtin_plugins():
         if module_name in blocked:
             continue
         pm.register(importlib.import_module(module_name), name=module_name)
@@ -150,3 +134,9 @@ def default_plugins() -> Plugins:
     if _default is None:
         _default = load_plugins()
     return _default
+
+
+def use_plugins(plugins: Plugins) -> None:
+    """Make ``plugins`` the process-wide set (the CLI does, so ``--plugin`` files count)."""
+    global _default
+    _default = plugins

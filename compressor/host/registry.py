@@ -9,8 +9,15 @@ from typing import Any
 
 import pluggy
 
-from compressor.contract import bases as api
+from compressor.contract.config import TypeConfig
+from compressor.contract.data import DatasetBuilder, ModelBuilder
 from compressor.contract.errors import PluginError, did_you_mean
+from compressor.contract.evaluation import Evaluator
+from compressor.contract.exporter import Exporter
+from compressor.contract.modifier import Modifier
+from compressor.contract.operator import Operator
+from compressor.contract.optimizer import OptimizerFactory, OptimizerWrapper
+from compressor.contract.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Entry:
     plugin: PluginInfo
 
     @property
-    def config(self) -> type[api.TypeConfig]:
+    def config(self) -> type[TypeConfig]:
         return self.cls.Config  # type: ignore[no-any-return,attr-defined]
 
 
@@ -89,14 +96,15 @@ class Registries:
     """All registries; ``Registries.collect(pm)`` fills them from the loaded plugins."""
 
     def __init__(self) -> None:
-        self.optimizers = Registry("optimizers", api.OptimizerFactory, "optimizer")
-        self.wrappers = Registry("wrappers", api.OptimizerWrapper, "optimizer wrapper")
-        self.operators = Registry("operators", api.Operator, "operator kind")
-        self.schedules = Registry("schedules", api.Schedule, "schedule kind")
-        self.modifiers = Registry("modifiers", api.Modifier, "modifier type")
-        self.models = Registry("models", api.ModelBuilder, "model")
-        self.datasets = Registry("datasets", api.DatasetBuilder, "dataset")
-        self.evaluators = Registry("evaluators", api.Evaluator, "evaluator")
+        self.optimizers = Registry("optimizers", OptimizerFactory, "optimizer")
+        self.wrappers = Registry("wrappers", OptimizerWrapper, "optimizer wrapper")
+        self.operators = Registry("operators", Operator, "operator kind")
+        self.schedules = Registry("schedules", Schedule, "schedule kind")
+        self.modifiers = Registry("modifiers", Modifier, "modifier type")
+        self.models = Registry("models", ModelBuilder, "model")
+        self.datasets = Registry("datasets", DatasetBuilder, "dataset")
+        self.evaluators = Registry("evaluators", Evaluator, "evaluator")
+        self.exporters = Registry("exporters", Exporter, "export format")
         self.plugins: list[PluginInfo] = []
 
     def all(self) -> list[Registry]:
@@ -109,6 +117,7 @@ class Registries:
             self.models,
             self.datasets,
             self.evaluators,
+            self.exporters,
         ]
 
     def by_kind(self, kind: str) -> Registry:
@@ -136,6 +145,7 @@ class Registries:
             "register_models": [self.models],
             "register_datasets": [self.datasets],
             "register_evaluators": [self.evaluators],
+            "register_exporters": [self.exporters],
         }
         for hook_name, registries in routes.items():
             hook = getattr(pm.hook, hook_name)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from compressor.contract.bases import RegistryRef, TypeConfig
+from compressor.contract.config import RegistryRef, TypeConfig
 from compressor.contract.errors import Loc, Problem, RecipeError, data_path, did_you_mean
 from compressor.contract.steps import StepSpec
 from compressor.host.registry import Registries, Registry

@@ -12,60 +12,40 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from compressor.contract.evaluation import Evaluation
+from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins
 from compressor.study.spec import Study, Trial
-from compressor.study.store import Store
-from compressor.train.checkpoint import load
+from compressor.study.store import STORE, Point, Store
 from compressor.train.loop import CHECKPOINT, resume_key, run
 from compressor.train.progress import console
 
-STORE = "results.sqlite"
 
-
-def target_label(operator: dict[str, Any], target_sparsity: float | None) -> str:
-    """'0.9' for magnitude, '2:4' for N:M, '<kind> 0.5' for any other operator."""
-    if "keep" in operator and "group" in operator:
-        return f"{operator['keep']}:{operator['group']}"
-    level = "" if target_sparsity is None else f"{target_sparsity:g}"
-    if operator.get("kind") == "magnitude":
-        return level if operator.get("scope", "global") == "global" else f"layer {level}"
-    shape = "x".join(map(str, operator["block"])) + " " if "block" in operator else ""
-    return f"{operator.get('kind')} {shape}{level}".strip()
-
-
-def oneshot_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
-    """The one-shot robustness curve of a run: (sparsity, accuracy after BN recalibration, target)."""
-    result = report.get("evaluations", {}).get("oneshot") or {}
-    return [
-        (
-            float(row["sparsity"]),
-            float(row["accuracy"]),
-            target_label(row["operator"], row["target_sparsity"]),
-        )
-        for row in result.get("results", [])
-    ]
-
-
-def training_points(report: dict[str, Any]) -> list[tuple[float, float, str]]:
-    return [(row["epoch"], row["test_accuracy"], "") for row in report.get("history", [])]
+def training_points(report: dict[str, Any]) -> list[Point]:
+    return [(row["epoch"], row["test_accuracy"], "", "line") for row in report.get("history", [])]
 
 
 def metrics_of(report: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics stored per run; one-shot points are stored as ``oneshot@<target>``."""
+    """Scalar metrics stored per run: the run's own, then each evaluator's as
+    ``<evaluator>:<metric>`` (only what the evaluator declared)."""
     metrics = {
         "test_accuracy": float(report["metrics"]["test_accuracy"]),
         "sparsity": float(report["sparsity"]["global"]),
         "train_time_s": float(report.get("train_time_s", math.nan)),
     }
-    realised = report.get("evaluations", {}).get("realised") or {}
-    if realised:
-        metrics["stored_kb"] = realised["bytes"]["exported"] / 1024
-        for batch, timing in realised["latency_ms"].items():
-            metrics[f"speedup_{batch}"] = timing["speedup"]
-    for sparsity, accuracy, target in oneshot_points(report):
-        metrics[f"oneshot@{target}"] = accuracy
-        metrics[f"oneshot_sparsity@{target}"] = sparsity
+    for name, result in report.get("evaluations", {}).items():
+        for metric, value in Evaluation.from_dict(result).metrics.items():
+            metrics[f"{name}:{metric}"] = value
     return metrics
+
+
+def curves_of(report: dict[str, Any]) -> dict[str, list[Point]]:
+    """The training curve and every curve the evaluators declared (``<evaluator>:<curve>``)."""
+    curves = {"training": training_points(report)}
+    for name, result in report.get("evaluations", {}).items():
+        for curve in Evaluation.from_dict(result).curves:
+            curves[f"{name}:{curve.name}"] = [(p.x, p.y, p.label, p.style) for p in curve.points]
+    return curves
 
 
 def run_study(
@@ -82,6 +62,7 @@ def run_study(
     store.meta("name", study.name)
     store.meta("description", study.description)
     store.meta("labels", "\n".join(study.labels))
+    store.meta("baseline", study.baseline)
     total = len(study.trials)
     for position, trial in enumerate(study.trials, start=1):
         status = store.status(trial.key, trial.recipe.hash())
@@ -109,7 +90,7 @@ def _run_trial(
     }
     checkpoint = run_dir / CHECKPOINT
     try:
-        fresh = checkpoint.exists() and load(checkpoint).get("resume_key") != resume_key(
+        fresh = checkpoint.exists() and load_checkpoint(checkpoint).get("resume_key") != resume_key(
             trial.recipe
         )
         report = run(
@@ -135,5 +116,5 @@ def _run_trial(
         **common,
         report=report,
         metrics=metrics_of(report),
-        curves={"oneshot": oneshot_points(report), "training": training_points(report)},
+        curves=curves_of(report),
     )

@@ -8,6 +8,7 @@ A study is YAML validated like a recipe::
     shared:                       # merged into every recipe (wins), so the comparison is fair
       data: {name: mnist1d, samples: 20000}
       train: {epochs: 8}
+    baseline: sgd-mnist1d         # ratios (step time) are against this label; default the first
     recipes:
       - ../sgd-mnist1d.yaml       # a path (relative to the study file) ...
       - path: ../gmp-mnist1d.yaml # ... or a mapping with a label and dotted overrides
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from compressor.contract.errors import Problem, RecipeError
+from compressor.contract.errors import Problem, RecipeError, did_you_mean
 from compressor.host.registry import Registries
 from compressor.recipe.schema import Recipe, apply_overrides, validate_source, validation_problems
 from compressor.recipe.source import Source, read_yaml
@@ -49,6 +50,7 @@ class StudyConfig(BaseModel):
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     shared: dict[str, Any] = Field(default_factory=dict)
+    baseline: str | None = Field(None, description="label ratios are taken against")
     recipes: list[StudyRecipe] = Field(min_length=1)
 
     @field_validator("recipes", mode="before")
@@ -83,6 +85,8 @@ class Study:
     seeds: list[int]
     trials: list[Trial]
     labels: list[str]
+    baseline: str
+    """The label ratios are taken against (the study's ``baseline:``, else the first)."""
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +120,7 @@ def build_study(
     *,
     seeds: list[int] | None = None,
     overrides: list[str] = (),  # type: ignore[assignment]
+    source: Source | None = None,
 ) -> Study:
     seeds = seeds or list(config.seeds)
     trials: list[Trial] = []
@@ -131,7 +136,16 @@ def build_study(
         for seed in seeds:
             recipe = _trial_recipe(source, config.shared, [*item.set, *overrides], seed, registries)
             trials.append(Trial(label, seed, recipe))
-    return Study(config.name, config.description, seeds, trials, labels)
+    baseline = config.baseline or labels[0]
+    if baseline not in labels:
+        message = (
+            f"no recipe is labelled '{baseline}'{did_you_mean(baseline, labels)}; "
+            f"labels: {', '.join(labels)}"
+        )
+        if source is not None:
+            raise source.error(("baseline",), message)
+        raise RecipeError([Problem("<study>", 1, 1, "baseline", message)])
+    return Study(config.name, config.description, seeds, trials, labels, baseline)
 
 
 def load_study(
@@ -148,7 +162,7 @@ def load_study(
     except ValidationError as exc:
         raise RecipeError(validation_problems(exc, source, StudyConfig)) from None
     return build_study(
-        config, Path(path).parent, registries, seeds=seeds, overrides=list(overrides)
+        config, Path(path).parent, registries, seeds=seeds, overrides=list(overrides), source=source
     )
 
 

@@ -5,8 +5,8 @@ A crash loses at most the run in progress. Tables:
 * ``runs``    — one row per (label, seed): recipe name and hash, plugin versions, status,
   error, wall time, train seconds per step, the full report (JSON);
 * ``metrics`` — scalar results by name (``test_accuracy``, ``sparsity``, ``oneshot@0.9``, ...);
-* ``curves``  — series by name: the one-shot robustness curve (x = sparsity, y = accuracy
-  after BN re-calibration, label = target) and the training curve (x = epoch, y = test accuracy).
+* ``curves``  — series by name: the training curve (x = epoch, y = the task's metric) and every
+  curve an evaluator declared, as ``<evaluator>:<curve>`` (x, y, point label and style).
 """
 
 from __future__ import annotations
@@ -49,9 +49,16 @@ CREATE TABLE IF NOT EXISTS curves (
     x REAL,
     y REAL,
     label TEXT,
+    style TEXT NOT NULL DEFAULT 'line',
     PRIMARY KEY (key, curve, idx)
 );
 """
+
+STORE = "results.sqlite"
+"""The store's file name inside a study folder."""
+
+Point = tuple[float, float, str, str]
+"""A stored curve point: x, y, label, style."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,9 @@ class Store:
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(curves)")}
+        if "style" not in columns:  # a store written by compressor 0.1
+            self.db.execute("ALTER TABLE curves ADD COLUMN style TEXT NOT NULL DEFAULT 'line'")
 
     def close(self) -> None:
         self.db.close()
@@ -108,7 +118,7 @@ class Store:
         report: dict[str, Any] | None,
         error: str | None = None,
         metrics: dict[str, float] | None = None,
-        curves: dict[str, list[tuple[float, float, str]]] | None = None,
+        curves: dict[str, list[Point]] | None = None,
     ) -> None:
         """Replace the run's rows in one transaction."""
         status = "done" if error is None else "failed"
@@ -137,10 +147,10 @@ class Store:
             for name, value in (metrics or {}).items():
                 db.execute("INSERT INTO metrics VALUES (?, ?, ?)", (key, name, value))
             for curve, points in (curves or {}).items():
-                for idx, (x, y, point_label) in enumerate(points):
+                for idx, (x, y, point_label, style) in enumerate(points):
                     db.execute(
-                        "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)",
-                        (key, curve, idx, x, y, point_label),
+                        "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (key, curve, idx, x, y, point_label, style),
                     )
 
     def runs(self) -> list[RunRow]:
@@ -158,13 +168,19 @@ class Store:
             )
         }
 
-    def curve(self, key: str, curve: str) -> list[tuple[float, float, str]]:
+    def curve(self, key: str, curve: str) -> list[Point]:
         return list(
             self.db.execute(
-                "SELECT x, y, label FROM curves WHERE key = ? AND curve = ? ORDER BY idx",
+                "SELECT x, y, label, style FROM curves WHERE key = ? AND curve = ? ORDER BY idx",
                 (key, curve),
             )
         )
+
+    def curve_names(self, key: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT DISTINCT curve FROM curves WHERE key = ? ORDER BY curve", (key,)
+        )
+        return [str(row[0]) for row in rows]
 
     def report(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT report FROM runs WHERE key = ?", (key,)).fetchone()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.contract.bases import DataSplits
+from compressor.contract.data import DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
+from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.engine.session import Session
 from compressor.host.manager import Plugins, default_plugins
 from compressor.recipe.schema import Recipe
-from compressor.train.checkpoint import atomic_save, atomic_write_json, load
+from compressor.train.context import RunContext
 from compressor.train.metrics import accuracy
 from compressor.train.progress import Progress
 
@@ -74,6 +75,23 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
     return Prepared(data, model, session)
 
 
+def run_context(
+    recipe: Recipe,
+    session: Session,
+    data: DataSplits | Callable[[], DataSplits],
+    plugins: Plugins,
+) -> RunContext:
+    """The evaluation context of a run: its session, data and what rebuilds its model."""
+    config = recipe.config
+    return RunContext(
+        session,
+        data,
+        eval_batch_size=config.data.eval_batch_size,
+        model_spec=config.model.model_dump(mode="json"),
+        data_info=plugins.registries.datasets.build(config.data).info(),
+    )
+
+
 def _to_device(data: DataSplits, device: str) -> DataSplits:
     return DataSplits(
         data.train_x.to(device),
@@ -95,7 +113,7 @@ def initial_weights(template: str, seed: int) -> dict[str, torch.Tensor]:
     path = Path(template.replace("{seed}", str(seed)))
     if not path.exists():
         raise CompressorError(f"train.init_from: {path} does not exist")
-    state = load(path)
+    state = load_checkpoint(path)
     return state["model"] if isinstance(state, dict) and "model" in state else state  # type: ignore[no-any-return]
 
 
@@ -141,7 +159,7 @@ def run(
     if config.train.init_from and not (resume and checkpoint_path.exists()):
         model.load_state_dict(initial_weights(config.train.init_from, config.train.seed))
     if resume and checkpoint_path.exists():
-        state = load(checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
         if state["resume_key"] != resume_key(recipe):
             raise CompressorError(
                 f"{checkpoint_path} was written by a different recipe; use another --out or drop --resume"
@@ -228,26 +246,18 @@ def run(
 
     if not history or history[-1]["step"] != session.step:
         evaluate(None)
+    context = run_context(recipe, session, data, plugins)
     evaluations: dict[str, Any] = {}
     for name, evaluator_config in config.evaluate:
         if evaluator_config is not None:
             evaluator = plugins.registries.evaluators.build(evaluator_config)
-            evaluations[name] = evaluator.run(session, model, data)
-    extra_metrics: dict[str, Any] = {}
-    for result in plugins.hook.evaluate(session=session, model=model):
-        for key, value in (result or {}).items():
-            if key in extra_metrics:
-                raise CompressorError(f"two evaluate hooks returned the metric '{key}'")
-            extra_metrics[key] = value
+            evaluations[name] = evaluator.run(context, model).to_dict()
 
     final = history[-1]
     report = session.finalize(
         {
-            "metrics": {
-                "test_accuracy": final["test_accuracy"],
-                "test_loss": final["test_loss"],
-                **extra_metrics,
-            },
+            "metric": asdict(context.metric),
+            "metrics": {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"]},
             "evaluations": evaluations,
             "history": history,
             "steps_per_epoch": clock.steps_per_epoch,

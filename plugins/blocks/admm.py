@@ -21,28 +21,26 @@ Z, U, rho, labels, the frozen anchor and the residual history are in :meth:`stat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from compressor import hookimpl
-from compressor.contract.bases import Modifier, TypeConfig
-from compressor.contract.selection import SelectionConfig
-from compressor.contract.steps import StepSpec
-from compressor.engine.session import Session
+from compressor.plugin_api import CompressionContext, Modifier, StepSpec, TypeConfig, hookimpl
 from compressor_plugins.blocks.unify import (
     FREE,
     PRUNED,
     UNIFIED,
     Unify,
     UnifyConfig,
+    UnifyFields,
     apply_labels,
     block_count,
     magnitudes,
     sigma,
 )
-from compressor_plugins.blocks.view import BlockLayout, View, check_block, from_blocks, to_blocks
+from compressor_plugins.blocks.view import BlockLayout, from_blocks, to_blocks
 
 
 class RhoConfig(TypeConfig):
@@ -64,12 +62,9 @@ class RhoConfig(TypeConfig):
         return min(new, self.cap) if self.cap is not None else new
 
 
-class ADMMConfig(TypeConfig, SelectionConfig):
+class ADMMConfig(UnifyFields):
     type: Literal["admm"]
-    block: tuple[int, int] = (4, 4)
-    view: View = "in_k"
     prune_ratio: float = Field(0.5, ge=0.0, lt=1.0)
-    unify_ratio: float = Field(0.0, ge=0.0, le=1.0)
     rho: RhoConfig = Field(default_factory=RhoConfig)
     update_every: StepSpec = "1ep"
     finish_at: StepSpec | None = Field(
@@ -78,17 +73,6 @@ class ADMMConfig(TypeConfig, SelectionConfig):
     unified: Literal["frozen", "shared_magnitude"] = "shared_magnitude"
     weight_bits: int = Field(32, gt=0, description="b: bits per free weight (storage metric)")
     magnitude_bits: int = Field(32, gt=0, description="q: bits per shared magnitude")
-
-    @field_validator("block")
-    @classmethod
-    def _valid_block(cls, block: tuple[int, int]) -> tuple[int, int]:
-        return check_block(block)
-
-    @model_validator(mode="after")
-    def _fits(self) -> ADMMConfig:
-        if self.prune_ratio + self.unify_ratio > 1.0 + 1e-12:
-            raise ValueError("prune_ratio + unify_ratio must be <= 1")
-        return self
 
 
 def _sq(x: torch.Tensor) -> float:
@@ -100,23 +84,16 @@ class ADMM(Modifier):
 
     Config = ADMMConfig
 
-    def __init__(self, config: Any, session: Session) -> None:
-        super().__init__(config, session)
+    def __init__(self, config: Any, context: CompressionContext) -> None:
+        super().__init__(config, context)
         c = config
         operator_config = UnifyConfig(
-            kind="unify",
-            modules=c.modules,
-            include=c.include,
-            exclude=c.exclude,
-            block=c.block,
-            view=c.view,
-            prune_ratio=c.prune_ratio,
-            unify_ratio=c.unify_ratio,
+            kind="unify", **{name: getattr(c, name) for name in UnifyFields.model_fields}
         )
-        self.operator: Unify = session.build_operator(operator_config, at=())  # type: ignore[assignment]
+        self.operator: Unify = context.build_operator(operator_config, at=())  # type: ignore[assignment]
         self.params = {t.name: t.param for t in self.operator.targets}
-        self.every = max(1, session.clock.steps(c.update_every))
-        self.finish = session.clock.steps(c.finish_at, (2 * session.clock.total_steps) // 3)
+        self.every = max(1, context.clock.steps(c.update_every))
+        self.finish = context.clock.steps(c.finish_at, (2 * context.clock.total_steps) // 3)
         self.rho = float(c.rho.initial)
         self.Z: dict[str, torch.Tensor] | None = None
         self.U: dict[str, torch.Tensor] | None = None
@@ -134,12 +111,12 @@ class ADMM(Modifier):
 
     # -- the ADMM phase ----------------------------------------------------------------------
 
-    def update(self, session: Session) -> None:
+    def update(self, context: CompressionContext) -> None:
         if self.finished:
             return
-        step = session.step
+        step = context.step
         if step >= self.finish:
-            self._finish(step, session)
+            self._finish(step, context)
         elif self.Z is None:
             self._start(step)
         elif step > 0 and step % self.every == 0:
@@ -184,7 +161,7 @@ class ADMM(Modifier):
             }
         )
 
-    def penalty(self, session: Session) -> torch.Tensor | None:
+    def penalty(self, context: CompressionContext) -> torch.Tensor | None:
         """``Σ rho/2·||W - Z + U||²``; its gradient is ``rho·(W - Z + U)``."""
         if self.finished or self.Z is None or self.U is None:
             return None
@@ -194,8 +171,8 @@ class ADMM(Modifier):
     # -- hard projection and masked fine-tuning ----------------------------------------------
 
     @torch.no_grad()
-    def _finish(self, step: int, session: Session) -> None:
-        before = session.evaluate()
+    def _finish(self, step: int, context: CompressionContext) -> None:
+        before = context.evaluate()
         weights = {n: p.detach() for n, p in self.params.items()}
         self.labels = self.operator.labels(weights)
         gap = norm = 0.0
@@ -205,14 +182,14 @@ class ADMM(Modifier):
             norm += _sq(p)
             p.copy_(projected)
             self.anchor[n] = projected.clone()
-            session.masks.set(n, self.operator.pruned_mask(p, self.labels[n]))
+            context.masks.set(n, self.operator.pruned_mask(p, self.labels[n]))
         last = self.history[-1]["residual"] if self.history else float("nan")
         self.finish_info = {
             "step": step,
             "projection_distance": math.sqrt(gap / norm) if norm > 0 else 0.0,
             "residual_before": last,
         }
-        after = session.evaluate()
+        after = context.evaluate()
         if before is not None and after is not None:
             self.finish_info["accuracy_before_projection"] = before["test_accuracy"]
             self.finish_info["accuracy_after_projection"] = after["test_accuracy"]
@@ -220,7 +197,7 @@ class ADMM(Modifier):
         self.Z = self.U = None
 
     @torch.no_grad()
-    def after_optimizer_step(self, session: Session) -> None:
+    def after_optimizer_step(self, context: CompressionContext) -> None:
         if self.finished:
             for name in self.params:
                 self._reimpose(name)
@@ -332,7 +309,7 @@ class ADMM(Modifier):
             "per_layer": per_layer,
         }
 
-    def report(self, session: Session) -> dict[str, Any]:
+    def report(self, context: CompressionContext) -> dict[str, Any]:
         c = self.config
         return {
             "phase": "finetune" if self.finished else "admm",
@@ -382,5 +359,5 @@ class ADMM(Modifier):
 
 
 @hookimpl
-def register_modifiers(register):  # type: ignore[no-untyped-def]
+def register_modifiers(register: Callable[[type], None]) -> None:
     register(ADMM)

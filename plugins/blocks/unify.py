@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator
+from compressor.plugin_api import Operator, hookimpl
 from compressor_plugins.blocks.view import (
     BlockConfigMixin,
+    BlockFields,
     BlockLayout,
     expand,
     from_blocks,
@@ -152,19 +152,25 @@ def apply_labels(weight: torch.Tensor, layout: BlockLayout, labels: torch.Tensor
     return from_blocks(project_blocks(blocks, layout.valid(weight.device), labels), layout)
 
 
-class UnifyConfig(BlockConfigMixin):
-    kind: Literal["unify"]
+class UnifyFields(BlockFields):
+    """The constraint set of one layer: blocks, and the fractions pruned and unified (shared by
+    the ``unify`` operator and the ADMM modifier)."""
+
     prune_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     unify_ratio: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _fits(self) -> UnifyConfig:
+    def _fits(self) -> UnifyFields:
         if self.prune_ratio + self.unify_ratio > 1.0 + 1e-12:
             raise ValueError(
                 f"prune_ratio + unify_ratio must be <= 1, got "
                 f"{self.prune_ratio:g} + {self.unify_ratio:g}"
             )
         return self
+
+
+class UnifyConfig(UnifyFields, BlockConfigMixin):
+    kind: Literal["unify"]
 
 
 class Unify(Operator):
@@ -184,39 +190,31 @@ class Unify(Operator):
     def layout(self, weight: torch.Tensor) -> BlockLayout:
         return layout_of(weight, self.config.block, self.config.view)
 
+    def label(self, sparsity: float | None) -> str:
+        return f"unify {'x'.join(map(str, self.config.block))} {self.target(sparsity):g}"
+
     def labels(
         self, weights: Mapping[str, torch.Tensor], sparsity: float | None = None
     ) -> dict[str, torch.Tensor]:
         """Per tensor, the ``[Nb]`` int8 block labels of the optimal projection."""
-        prune = self.config.prune_ratio if sparsity is None else sparsity
+        prune = self.target(sparsity)
         if prune + self.config.unify_ratio > 1.0 + 1e-12:
             raise ValueError(f"prune ratio {prune:g} + unify_ratio exceeds 1")
-        names = [t.name for t in self.targets if t.name in weights] or list(weights)
         return {
-            n: layer_labels(weights[n], self.layout(weights[n]), prune, self.config.unify_ratio)
-            for n in names
+            n: layer_labels(w, self.layout(w), prune, self.config.unify_ratio)
+            for n, w in self.weights_in(weights).items()
         }
 
-    def project(
+    def compute_project(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
         return {
             n: apply_labels(weights[n], self.layout(weights[n]), labels)
             for n, labels in self.labels(weights, sparsity).items()
         }
-
-    def masks(
-        self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        return {n: z != 0 for n, z in self.project(weights, sparsity).items()}
 
     def pruned_mask(self, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Weight-shaped bool keep-mask (False in pruned blocks)."""
@@ -224,5 +222,5 @@ class Unify(Operator):
 
 
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(Unify)

@@ -15,7 +15,7 @@ per layer or globally), ties broken by block index.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import field_validator
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig
+from compressor.plugin_api import Operator, OperatorConfig, SelectionConfig, TypeConfig, hookimpl
 from compressor_plugins.prune.magnitude import keep_count, topk_mask
 
 View = Literal["in_k", "k_in"]
@@ -129,8 +128,9 @@ def check_block(block: tuple[int, int]) -> tuple[int, int]:
     return block
 
 
-class BlockConfigMixin(OperatorConfig):
-    """Fields shared by every block-structured operator."""
+class BlockFields(TypeConfig, SelectionConfig):
+    """Fields shared by every block-structured config: which tensors, block shape and view
+    (operators and the ADMM modifier alike)."""
 
     block: tuple[int, int] = (4, 4)
     view: View = "in_k"
@@ -139,6 +139,10 @@ class BlockConfigMixin(OperatorConfig):
     @classmethod
     def _valid_block(cls, block: tuple[int, int]) -> tuple[int, int]:
         return check_block(block)
+
+
+class BlockConfigMixin(BlockFields, OperatorConfig):
+    """Base config of block-structured operators."""
 
 
 class BlockPrune(Operator):
@@ -152,33 +156,35 @@ class BlockPrune(Operator):
         kind: Literal["block"]
         scope: Literal["layer", "global"] = "layer"
 
-    def masks(
+    def label(self, sparsity: float | None) -> str:
+        return f"block {'x'.join(map(str, self.config.block))} {self.target(sparsity):g}"
+
+    def compute_masks(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity is None:
-            raise ValueError("the block operator needs a target sparsity")
         c = self.config
-        names = [t.name for t in self.targets if t.name in weights] or list(weights)
-        layouts = {n: layout_of(weights[n], c.block, c.view) for n in names}
-        scores = {n: to_blocks(weights[n].detach(), layouts[n]).pow(2).sum(dim=1) for n in names}
+        layouts = {n: layout_of(w, c.block, c.view) for n, w in weights.items()}
+        scores = {
+            n: to_blocks(w.detach(), layouts[n]).pow(2).sum(dim=1) for n, w in weights.items()
+        }
         if c.scope == "layer":
             keep = {
-                n: topk_mask(scores[n], keep_count(layouts[n].num_blocks, sparsity)) for n in names
+                n: topk_mask(scores[n], keep_count(layouts[n].num_blocks, sparsity))
+                for n in weights
             }
         else:
-            flat = torch.cat([scores[n] for n in names])
+            flat = torch.cat([scores[n] for n in weights])
             mask = topk_mask(flat, keep_count(flat.numel(), sparsity))
             keep, offset = {}, 0
-            for n in names:
+            for n in weights:
                 keep[n] = mask[offset : offset + layouts[n].num_blocks]
                 offset += layouts[n].num_blocks
-        return {n: expand(keep[n], layouts[n]) for n in names}
+        return {n: expand(keep[n], layouts[n]) for n in weights}
 
 
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(BlockPrune)

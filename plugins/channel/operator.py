@@ -30,17 +30,21 @@ layers whose weight the selection excludes; a group containing any of them is no
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig, Target
-from compressor.contract.errors import ConfigError
-from compressor.contract.selection import matches
+from compressor.plugin_api import (
+    ConfigError,
+    Operator,
+    OperatorConfig,
+    Target,
+    hookimpl,
+    matches,
+)
 from compressor_plugins.channel.groups import (
     ChannelGroup,
     channel_groups,
@@ -160,15 +164,20 @@ class Channel(Operator):
             kept.append((group, topk_mask(scores.float(), count)))
         return kept
 
-    def masks(
+    def label(self, sparsity: float | None) -> str:
+        return f"channel {self.target(sparsity):g}"
+
+    def weights_in(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every tensor given gets a mask (BN weights included when passed), not only the
+        bound targets: a group's coupled tensors are masked together."""
+        return dict(weights)
+
+    def compute_masks(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity is None:
-            raise ValueError("the channel operator needs a target sparsity")
         out = {
             name: torch.ones_like(w, dtype=torch.bool, device=w.device)
             for name, w in weights.items()
@@ -183,5 +192,5 @@ class Channel(Operator):
 
 
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(Channel)

@@ -1,32 +1,53 @@
-"""One-shot robustness evaluation (METHODS.md §7): accuracy versus one-shot sparsity.
+"""One-shot robustness evaluation (METHODS.md §7): the metric versus one-shot sparsity.
 
 For every target (each of ``sparsities`` with ``operator``, plus every operator in ``targets``,
-e.g. a fixed 2:4 pattern): copy the trained model, compress the copy in one shot, measure
-accuracy, re-calibrate BatchNorm on a fixed calibration subset of the training data
-(METHODS.md §6), measure again. The trained model is never modified: all work happens on a
-``copy.deepcopy``.
+e.g. a fixed 2:4 pattern): copy the trained model, compress the copy in one shot, measure,
+re-calibrate BatchNorm on a fixed calibration subset of the training data (METHODS.md §6),
+measure again. The trained model is never modified: all work happens on a ``copy.deepcopy``.
+
+Also the ``compressor evaluate RUN`` command, which runs this evaluation on a finished run.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import DataSplits, Evaluator, OperatorSpec, Sparsity, TypeConfig
-from compressor.contract.errors import ConfigError
-from compressor.contract.selection import select, sparsity_stats
-from compressor.engine.bn import recalibrate_bn
-from compressor.engine.session import Session
-from compressor.train.metrics import accuracy
+from compressor.plugin_api import (
+    Column,
+    CompressionContext,
+    CompressorError,
+    ConfigError,
+    Curve,
+    CurvePoint,
+    Evaluation,
+    EvaluationContext,
+    Evaluator,
+    Operator,
+    OperatorSpec,
+    Sparsity,
+    TypeConfig,
+    hookimpl,
+    recalibrate_bn,
+    restore_run,
+    sparsity_stats,
+    validate_config,
+)
+from compressor_plugins.prune.magnitude import default_operator
 
-
-def default_operator() -> dict[str, Any]:
-    return {"kind": "magnitude", "scope": "global"}
+TRAINED_SPARSE = 0.05
+"""A trained model at least this sparse is shown as a star, not as the start of a curve."""
 
 
 class BNRecalibration(TypeConfig):
@@ -36,6 +57,14 @@ class BNRecalibration(TypeConfig):
     batch_size: int = Field(128, gt=0)
     calibration_samples: int = Field(1000, gt=0)
     seed: int = 0
+
+
+def percent_title(label: str) -> str:
+    """'0.9' -> '90%'; any other label stays as it is ('2:4', 'layer 0.9')."""
+    try:
+        return f"{100 * float(label):g}%"
+    except ValueError:
+        return label
 
 
 class OneShotEval(Evaluator):
@@ -50,60 +79,53 @@ class OneShotEval(Evaluator):
             description="more operators, e.g. N:M; one with no fixed sparsity runs each sparsity",
         )
         bn_recalibration: BNRecalibration = Field(default_factory=BNRecalibration)
-        batch_size: int = Field(1024, gt=0, description="evaluation batch size")
 
-    def check(self, session: Session) -> None:
-        """Every operator must select tensors of this model (found before training, not after)."""
+    def _levels(self, operator: Operator) -> list[float]:
+        """A fixed pattern runs once at its own sparsity; any other operator at each of
+        ``sparsities``."""
+        return operator.levels(self.config.sparsities if operator.fixed_sparsity() is None else [])
+
+    def _operators(self) -> list[tuple[Any, tuple[str | int, ...]]]:
         where: list[tuple[Any, tuple[str | int, ...]]] = [(self.config.operator, ("operator",))]
-        where += [(config, ("targets", i)) for i, config in enumerate(self.config.targets)]
-        for config, loc in where:
-            if not select(session.model, config):
-                raise ConfigError(
-                    "selects no tensors in this model (check modules/include/exclude)", loc
-                )
-            operator = session.registries.operators.build(config)
-            if operator.fixed_sparsity() is None and not self.config.sparsities:
-                raise ConfigError("needs at least one of 'sparsities'", ("sparsities",))
+        return where + [(config, ("targets", i)) for i, config in enumerate(self.config.targets)]
 
-    def run(self, session: Session | None, model: nn.Module, data: DataSplits) -> dict[str, Any]:
+    def check(self, context: CompressionContext) -> None:
+        """Every operator must select tensors of this model (found before training, not after)."""
+        for config, loc in self._operators():
+            self._levels(context.build_operator(config, at=loc))
+
+    def run(self, context: EvaluationContext, model: nn.Module) -> Evaluation:
         c = self.config
-        registries = session.registries if session is not None else _default_registries()
-        calibration = calibration_subset(
-            data.train_x, c.bn_recalibration.calibration_samples, c.bn_recalibration.seed
-        )
-        dense_acc, dense_loss = accuracy(model, data.test_x, data.test_y, c.batch_size)
+        recal = c.bn_recalibration
+        calibration = context.calibration_inputs(recal.calibration_samples, recal.seed)
+        dense = context.measure(model)
+        trained_sparsity = float(context.sparsity()["global"])
         results = []
-        for config in [c.operator, *c.targets]:
-            fixed = registries.operators.build(config).fixed_sparsity()
-            levels = [fixed] if fixed is not None else list(c.sparsities)
-            for sparsity in levels:
-                results.append(self._one(registries, config, sparsity, model, data, calibration))
-        return {"dense": {"accuracy": dense_acc, "loss": dense_loss}, "results": results}
+        for config, loc in self._operators():
+            operator = context.build_operator(config, at=loc, model=model)
+            for sparsity in self._levels(operator):
+                results.append(self._one(context, config, loc, sparsity, model, calibration))
+        return self._evaluation(context, dense, trained_sparsity, results)
 
     def _one(
         self,
-        registries: Any,
+        context: EvaluationContext,
         config: Any,
-        sparsity: float | None,
+        loc: tuple[str | int, ...],
+        sparsity: float,
         model: nn.Module,
-        data: DataSplits,
         calibration: torch.Tensor,
     ) -> dict[str, Any]:
-        c = self.config
+        recal = self.config.bn_recalibration
         pruned = copy.deepcopy(model)
-        operator = registries.operators.build(config)
-        targets = select(pruned, config)
-        if not targets:
-            raise ValueError(f"{config.kind} selects no tensors in this model")
-        operator.bind(pruned, targets)
-        weights = {t.name: t.param for t in targets}
-        generator = torch.Generator().manual_seed(c.bn_recalibration.seed)
+        operator: Operator = context.build_operator(config, at=loc, model=pruned)
+        weights = {t.name: t.param for t in operator.targets}
+        generator = torch.Generator().manual_seed(recal.seed)
         with torch.no_grad():
             for name, value in operator.project(weights, sparsity, generator=generator).items():
                 weights[name].copy_(value)
-        achieved = float(sparsity_stats(targets)["global"])  # type: ignore[arg-type]
-        before, loss_before = accuracy(pruned, data.test_x, data.test_y, c.batch_size)
-        recal = c.bn_recalibration
+        achieved = float(sparsity_stats(operator.targets)["global"])  # type: ignore[arg-type]
+        before = context.measure(pruned)
         recalibrate_bn(
             pruned,
             calibration,
@@ -111,30 +133,135 @@ class OneShotEval(Evaluator):
             batch_size=recal.batch_size,
             generator=torch.Generator().manual_seed(recal.seed),
         )
-        after, loss_after = accuracy(pruned, data.test_x, data.test_y, c.batch_size)
+        after = context.measure(pruned)
         return {
+            "label": operator.label(sparsity),
             "operator": config.model_dump(mode="json"),
             "target_sparsity": sparsity,
             "sparsity": achieved,
-            "accuracy_before_recalibration": before,
-            "loss_before_recalibration": loss_before,
-            "accuracy": after,
-            "loss": loss_after,
+            "before_recalibration": before,
+            "after_recalibration": after,
         }
 
+    def _evaluation(
+        self,
+        context: EvaluationContext,
+        dense: dict[str, float],
+        trained_sparsity: float,
+        results: list[dict[str, Any]],
+    ) -> Evaluation:
+        metric = context.metric
+        name = metric.name
+        metrics: dict[str, float] = {"dense": dense[name]}
+        columns, points = [], []
+        if trained_sparsity >= TRAINED_SPARSE:
+            points.append(CurvePoint(trained_sparsity, dense[name], "trained sparse", "star"))
+        else:
+            points.append(CurvePoint(trained_sparsity, dense[name], "trained", "line"))
+        for position, row in enumerate(results):
+            label, value = row["label"], row["after_recalibration"][name]
+            metrics[label] = value
+            metrics[f"{label}/before_recalibration"] = row["before_recalibration"][name]
+            metrics[f"{label}/sparsity"] = row["sparsity"]
+            numeric = percent_title(label) != label
+            columns.append(
+                Column(
+                    label,
+                    percent_title(label),
+                    percent=metric.percent,
+                    order=float(label) if numeric else 10.0 + position,
+                )
+            )
+            if trained_sparsity < TRAINED_SPARSE:
+                points.append(
+                    CurvePoint(row["sparsity"], value, label, "line" if numeric else "marker")
+                )
+        return Evaluation(
+            metrics=metrics,
+            columns=columns,
+            curves=[
+                Curve(
+                    "robustness",
+                    "One-shot robustness",
+                    "sparsity of prunable weights (%)",
+                    f"{metric.title} after BN re-calibration" + (" (%)" if metric.percent else ""),
+                    points,
+                    x_percent=True,
+                    y_percent=metric.percent,
+                    higher_is_better=metric.higher_is_better,
+                )
+            ],
+            legend=(
+                f"{', '.join(c.title for c in columns)}: {metric.title} after one-shot compression "
+                "of the trained model to that target and BN re-calibration"
+            ),
+            details={"dense": dense, "results": results},
+        )
 
-def calibration_subset(x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
-    """A fixed subset of ``x`` (the same for every target and every trained model)."""
-    generator = torch.Generator().manual_seed(seed)
-    return x[torch.randperm(x.shape[0], generator=generator)[: min(samples, x.shape[0])]]
+
+def parse_nm(text: str) -> dict[str, Any]:
+    """``--nm 2:4`` -> an ``nm`` operator config."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise CompressorError(f"--nm takes N:M such as 2:4, not {text!r}")
+    return {"kind": "nm", "keep": int(match[1]), "group": int(match[2])}
 
 
-def _default_registries() -> Any:
-    from compressor.host.manager import default_plugins
-
-    return default_plugins().registries
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``compressor evaluate RUN``: one-shot robustness of a finished run, table and JSON."""
+    options: dict[str, Any] = {"name": "oneshot", "sparsities": args.sparsities}
+    if args.nm:
+        options["targets"] = [parse_nm(args.nm)]
+    options["bn_recalibration"] = {"batches": args.batches}
+    config = validate_config(OneShotEval.Config, options, what="evaluate options")
+    context = restore_run(args.run)
+    evaluator = OneShotEval(config)
+    try:
+        evaluator.check(context)
+    except ConfigError as exc:
+        raise CompressorError(f"{'.'.join(map(str, exc.loc))}: {exc.message}") from None
+    evaluation = evaluator.run(context, context.model)
+    metric = context.metric
+    scale = 100.0 if metric.percent else 1.0
+    unit = " %" if metric.percent else ""
+    table = Table(title=f"one-shot robustness of {args.run}")
+    for column in ("target", "sparsity", f"before BN recal.{unit}", f"after BN recal.{unit}"):
+        table.add_column(column, justify="right")
+    table.add_row("dense", "", "", f"{scale * evaluation.details['dense'][metric.name]:.2f}")
+    for row in evaluation.details["results"]:
+        table.add_row(
+            row["label"],
+            f"{row['sparsity']:.3f}",
+            f"{scale * row['before_recalibration'][metric.name]:.2f}",
+            f"{scale * row['after_recalibration'][metric.name]:.2f}",
+        )
+    console = Console(soft_wrap=True)
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
 
 
 @hookimpl
-def register_evaluators(register):  # type: ignore[no-untyped-def]
+def register_evaluators(register: Callable[[type], None]) -> None:
     register(OneShotEval)
+
+
+@hookimpl
+def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cli.add_parser("evaluate", help="one-shot robustness of a finished run's model")
+    p.add_argument("run", help="run folder (holds checkpoint.pt)")
+    p.add_argument(
+        "--oneshot",
+        dest="sparsities",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.7, 0.8, 0.9, 0.95],
+        metavar="S",
+        help="global magnitude sparsities",
+    )
+    p.add_argument("--nm", help="also an N:M target, e.g. 2:4")
+    p.add_argument("--batches", type=int, default=100, help="BN re-calibration batches (0 = none)")
+    p.add_argument("--json", help="also write the result to this file")
+    p.set_defaults(func=evaluate_command)

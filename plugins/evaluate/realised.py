@@ -10,15 +10,21 @@ so those models stay dense and the numbers say so.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import DataSplits, Evaluator, TypeConfig
-from compressor.engine.session import Session
+from compressor.plugin_api import (
+    Column,
+    Evaluation,
+    EvaluationContext,
+    Evaluator,
+    TypeConfig,
+    hookimpl,
+    torch_threads,
+)
 from compressor_plugins.evaluate.latency import compare_latency
 from compressor_plugins.export.pruned import ExportError, export_pruned, serialized_bytes
 
@@ -30,18 +36,19 @@ class Realised(Evaluator):
         repeats: int = Field(20, gt=0, description="alternating timed forward passes per model")
         threads: int = Field(1, gt=0, description="torch CPU threads while timing")
 
-    def run(self, session: Session, model: nn.Module, data: DataSplits) -> dict[str, Any]:
+    def run(self, context: EvaluationContext, model: nn.Module) -> Evaluation:
         c = self.config
         trained = copy.deepcopy(model).cpu().eval()
-        example = data.test_x[:1].cpu()
-        masks = {name: session.masks.get(name) for name in session.masks}
+        masks = {
+            name: mask for name in context.masks if (mask := context.masks.get(name)) is not None
+        }
         try:
-            exported, report = export_pruned(trained, masks, example)
+            exported, report = export_pruned(trained, masks, context.example_inputs(1))
             note = None
         except (ExportError, ValueError, RuntimeError) as exc:  # keep the dense model, say why
             exported, report, note = trained, {}, str(exc)
         result: dict[str, Any] = {
-            "mask_sparsity": session.sparsity()["global"],
+            "mask_sparsity": context.sparsity()["global"],
             "bytes": {
                 "trained": serialized_bytes(trained.state_dict()),
                 "exported": serialized_bytes(exported.state_dict()),
@@ -54,14 +61,11 @@ class Realised(Evaluator):
         }
         if note:
             result["note"] = note
-        threads = torch.get_num_threads()
-        torch.set_num_threads(c.threads)
-        try:
+        with torch_threads(c.threads):
             for batch in c.batch_sizes:
-                index = torch.arange(batch) % len(data.test_x)
                 timing = compare_latency(
                     {"trained": trained, "exported": exported},
-                    data.test_x[index].cpu(),
+                    context.example_inputs(batch),
                     repeats=c.repeats,
                 )
                 result["latency_ms"][f"batch{batch}"] = {
@@ -69,11 +73,26 @@ class Realised(Evaluator):
                     "exported": timing["exported"]["median_ms"],
                     "speedup": timing["speedup"]["exported"],
                 }
-        finally:
-            torch.set_num_threads(threads)
-        return result
+        metrics = {"stored_kb": result["bytes"]["exported"] / 1024}
+        columns = [Column("stored_kb", "export KB", digits=0, order=0)]
+        for position, (batch, timing) in enumerate(result["latency_ms"].items(), start=1):
+            metrics[f"speedup_{batch}"] = timing["speedup"]
+            columns.append(
+                Column(f"speedup_{batch}", f"×b{batch.removeprefix('batch')}", order=position)
+            )
+        sizes = "/".join(str(b) for b in c.batch_sizes)
+        titles = "/".join(f"×b{b}" for b in c.batch_sizes)
+        return Evaluation(
+            metrics=metrics,
+            columns=columns,
+            legend=(
+                f"export KB and {titles}: stored size and CPU speed-up (batch {sizes}) of the "
+                "exported model against the trained one"
+            ),
+            details=result,
+        )
 
 
 @hookimpl
-def register_evaluators(register: Any) -> None:
+def register_evaluators(register: Callable[[type], None]) -> None:
     register(Realised)

@@ -21,17 +21,26 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import DataInfo
-from compressor.contract.errors import CompressorError
-from compressor.train.checkpoint import atomic_save, atomic_write_json
+from compressor.plugin_api import (
+    CompressorError,
+    DataInfo,
+    EvaluationContext,
+    Exporter,
+    TypeConfig,
+    atomic_save,
+    atomic_write_json,
+    build_model,
+    hookimpl,
+    load_checkpoint,
+    torch_threads,
+)
 from compressor_plugins.channel.groups import (
     ChannelGroup,
     build_graph,
@@ -223,25 +232,18 @@ def shrink_to(model: nn.Module, payload: Mapping[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def load_pruned(
-    path: str | Path, model: nn.Module | None = None, *, registries: Any = None
-) -> nn.Module:
+def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a pruned model: from ``model`` (a fresh dense instance of the architecture) or,
     if None, from the file's model spec through the model registry."""
-    payload = torch.load(Path(path), weights_only=True, map_location="cpu")
+    payload = load_checkpoint(path)
     if payload.get("format") != FORMAT:
         raise ExportError(f"{path} is not a {FORMAT} file")
     if model is None:
         spec = payload.get("model")
         if spec is None or payload.get("num_classes") is None:
             raise ExportError(f"{path} has no model spec: pass a dense model to load_pruned")
-        if registries is None:
-            from compressor.host.manager import default_plugins
-
-            registries = default_plugins().registries
-        entry = registries.models.get(spec["name"])
         info = DataInfo(tuple(payload["input_shape"]), int(payload["num_classes"]))
-        model = entry.cls(entry.config.model_validate(spec)).build(info)
+        model = build_model(spec, info)
     return shrink_to(model, payload)
 
 
@@ -263,42 +265,37 @@ def export_report(
         "pruned": path.stat().st_size if path.exists() else serialized_bytes(payload),
     }
     report["latency_cpu"] = {"threads": LATENCY_THREADS}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(LATENCY_THREADS)
-    try:
+    with torch_threads(LATENCY_THREADS):
         for batch in batches:
             x = torch.randn(batch, *report["input_shape"])
             timing = compare_latency(
                 {"dense": dense, "pruned": small}, x, repeats=repeats or LATENCY_REPEATS
             )
             report["latency_cpu"][f"batch{batch}"] = timing
-    finally:
-        torch.set_num_threads(threads)
     return report
 
 
-def _session_spec(session: Any) -> tuple[dict[str, Any] | None, DataInfo | None]:
-    try:
-        config = session.recipe.config
-        spec = config.model.model_dump(mode="json")
-        info = session.registries.datasets.build(config.data).info()
-    except AttributeError:
-        return None, None
-    return spec, info
+class PrunedExporter(Exporter):
+    """``--format pruned``: the physically pruned model, plus ``<path stem>.json``."""
+
+    class Config(TypeConfig):
+        format: Literal["pruned"] = "pruned"
+
+    def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
+        masks = {n: m for n in context.masks if (m := context.masks.get(n)) is not None}
+        info = context.data_info
+        shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
+        x = example_input(model, shape)
+        small, report = export_pruned(model, masks, x)
+        payload = pruned_payload(
+            small, report["input_shape"], context.model_spec, info.num_classes if info else None
+        )
+        path = save_pruned(payload, Path(path))
+        export_report(model, small, report, payload, path)
+        atomic_write_json(report, path.with_suffix(".json"))
+        return path
 
 
 @hookimpl
-def export(session: Any, model: nn.Module, path: Path, format: str) -> Path | None:
-    """``format == "pruned"``: write the physically pruned model and ``<path>.json``."""
-    if format != "pruned":
-        return None
-    masks = {name: session.masks.get(name) for name in session.masks} if session else None
-    spec, info = _session_spec(session) if session is not None else (None, None)
-    shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
-    x = example_input(model, shape)
-    small, report = export_pruned(model, masks, x)
-    payload = pruned_payload(small, report["input_shape"], spec, info.num_classes if info else None)
-    path = save_pruned(payload, Path(path))
-    export_report(model, small, report, payload, path)
-    atomic_write_json(report, path.with_suffix(".json"))
-    return path
+def register_exporters(register: Callable[[type], None]) -> None:
+    register(PrunedExporter)

@@ -16,16 +16,24 @@ subclass is not a stable serialisation format). A JSON report sits next to it
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.errors import CompressorError
-from compressor.train.checkpoint import atomic_save, atomic_write_json
+from compressor.plugin_api import (
+    CompressorError,
+    EvaluationContext,
+    Exporter,
+    TypeConfig,
+    atomic_save,
+    atomic_write_json,
+    hookimpl,
+    load_checkpoint,
+)
 from compressor_plugins.nm.operator import nm_violations
 
 FORMAT = "semi-structured"
@@ -202,7 +210,7 @@ def load_semi_structured(model: nn.Module, path: str | Path) -> nn.Module:
     from torch.sparse import to_sparse_semi_structured
 
     require_capable_gpu()
-    data = torch.load(Path(path), weights_only=True, map_location="cpu")
+    data = load_checkpoint(path)
     if data.get("format") != FORMAT:
         raise CompressorError(f"{path} is not a semi-structured export")
     dtype = getattr(torch, data["dtype"].removeprefix("torch."))
@@ -215,9 +223,17 @@ def load_semi_structured(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+class SemiStructuredExporter(Exporter):
+    """``--format semi-structured``: 2:4 Linear layers on sparse tensor cores (CUDA only)."""
+
+    class Config(TypeConfig):
+        format: Literal["semi-structured"] = "semi-structured"
+
+    def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
+        written, _ = export_semi_structured(model, path)
+        return written
+
+
 @hookimpl
-def export(session, model, path, format):  # type: ignore[no-untyped-def]
-    if format != FORMAT:
-        return None
-    written, _ = export_semi_structured(model, path)
-    return written
+def register_exporters(register: Callable[[type], None]) -> None:
+    register(SemiStructuredExporter)

@@ -5,18 +5,24 @@ Masked weights are stored dense (zeros included): a mask alone does not make a f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from torch import nn
 
-from compressor import hookimpl
-from compressor.train.checkpoint import atomic_save
+from compressor.plugin_api import EvaluationContext, Exporter, TypeConfig, atomic_save, hookimpl
+
+
+class StateDictExporter(Exporter):
+    class Config(TypeConfig):
+        format: Literal["state_dict"] = "state_dict"
+
+    def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
+        atomic_save(model.state_dict(), path)
+        return path
 
 
 @hookimpl
-def export(session: Any, model: nn.Module, path: Path, format: str) -> Path | None:
-    if format != "state_dict":
-        return None
-    atomic_save(model.state_dict(), path)
-    return path
+def register_exporters(register: Callable[[type], None]) -> None:
+    register(StateDictExporter)

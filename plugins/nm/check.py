@@ -15,9 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.errors import CompressorError
-from compressor.contract.selection import select_targets
+from compressor.plugin_api import CompressorError, hookimpl, load_checkpoint, select_targets
 from compressor_plugins.nm.operator import groupable, input_dim, nm_violations
 
 Status = Literal["satisfied", "violated", "skipped"]
@@ -84,10 +82,8 @@ def parse_pattern(text: str) -> tuple[int, int]:
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:
     """A ``.pt`` state dict, or a checkpoint dict whose ``"model"`` entry is one."""
-    from compressor.train.checkpoint import load
-
     try:
-        data = load(path)
+        data = load_checkpoint(path)
     except FileNotFoundError:
         raise CompressorError(f"no such file: {path}") from None
     except Exception as exc:
@@ -130,7 +126,7 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def register_commands(cli):  # type: ignore[no-untyped-def]
+def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = cli.add_parser(
         "inspect",
         help="per-layer sparsity and N:M pattern check of a state dict or checkpoint",

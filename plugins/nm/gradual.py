@@ -11,14 +11,19 @@ owned by this modifier, so another modifier may prune them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
-from compressor import hookimpl
-from compressor.contract.bases import OperatorSpec, ScheduleSpec, TypeConfig
-from compressor.contract.errors import ConfigError
-from compressor.engine.session import Session
+from compressor.plugin_api import (
+    CompressionContext,
+    ConfigError,
+    OperatorSpec,
+    ScheduleSpec,
+    TypeConfig,
+    hookimpl,
+)
 from compressor_plugins.nm.operator import NM, nm_ramp_mask
 from compressor_plugins.prune.gmp import GMP
 
@@ -62,7 +67,7 @@ class GradualNM(GMP):
     def masked_names(self) -> set[str]:
         return {t.name for t in self.operator.active_targets()}
 
-    def prune_to(self, session: Session, target: float) -> None:
+    def prune_to(self, context: CompressionContext, target: float) -> None:
         fraction = min(1.0, max(0.0, target / self.operator.fixed_sparsity()))
         for t in self.operator.active_targets():
             mask = nm_ramp_mask(
@@ -70,9 +75,9 @@ class GradualNM(GMP):
                 self.operator.keep,
                 self.operator.group,
                 fraction,
-                session.masks.get(t.name),
+                context.masks.get(t.name),
             )
-            session.masks.set(t.name, mask)
+            context.masks.set(t.name, mask)
 
     def timeline(self) -> list[tuple[int, str]]:
         fixed = self.operator.fixed_sparsity()
@@ -91,7 +96,7 @@ class GradualNM(GMP):
         )
         return rows
 
-    def report(self, session: Session) -> dict[str, Any]:
+    def report(self, context: CompressionContext) -> dict[str, Any]:
         return {
             "pattern": f"{self.operator.keep}:{self.operator.group}",
             "target_sparsity": self.operator.fixed_sparsity(),
@@ -101,5 +106,5 @@ class GradualNM(GMP):
 
 
 @hookimpl
-def register_modifiers(register):  # type: ignore[no-untyped-def]
+def register_modifiers(register: Callable[[type], None]) -> None:
     register(GradualNM)

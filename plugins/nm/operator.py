@@ -14,17 +14,14 @@ so gradual schedules pass through partial patterns and end exactly in N:M.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig
-from compressor.contract.errors import ConfigError
-from compressor.contract.selection import Target
+from compressor.plugin_api import ConfigError, Operator, OperatorConfig, Target, hookimpl
 
 __all__ = [
     "NM",
@@ -228,19 +225,21 @@ class NM(Operator):
             )
         return sparsity / fixed
 
-    def masks(
+    def label(self, sparsity: float | None) -> str:
+        pattern = f"{self.keep}:{self.group}"
+        fraction = self.fraction(sparsity)
+        return pattern if fraction >= 1.0 else f"{pattern} {self.target(sparsity):g}"
+
+    def compute_masks(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
         """N:M masks; tensors that cannot be grouped get all-True masks (they stay dense)."""
         fraction = self.fraction(sparsity)
-        names = [t.name for t in self.targets if t.name in weights] or list(weights)
         out: dict[str, torch.Tensor] = {}
-        for name in names:
-            weight = weights[name]
+        for name, weight in weights.items():
             if not groupable(weight, self.group):
                 out[name] = torch.ones_like(weight, dtype=torch.bool)
             elif fraction >= 1.0:
@@ -251,5 +250,5 @@ class NM(Operator):
 
 
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(NM)

@@ -28,19 +28,20 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorSpec, OptimizerWrapper, Sparsity, TypeConfig
-from compressor.contract.errors import ConfigError
-from compressor.contract.optim import params_with_grad
-from compressor.engine.bn import freeze_bn_stats
-from compressor.engine.session import Session
+from compressor.plugin_api import (
+    CompressionContext,
+    ConfigError,
+    Operator,
+    OperatorSpec,
+    Sparsity,
+    TwoPassWrapper,
+    TypeConfig,
+    hookimpl,
+)
+from compressor_plugins.prune.magnitude import default_operator
 
 
-def default_operator() -> dict[str, Any]:
-    return {"kind": "magnitude", "scope": "global"}
-
-
-class CrAM(OptimizerWrapper):
+class CrAM(TwoPassWrapper):
     """Two passes and one mask computation per step; the returned loss is pass 1's."""
 
     class Config(TypeConfig):
@@ -66,33 +67,29 @@ class CrAM(OptimizerWrapper):
                 raise ValueError("give either 'operator' or 'operators', not both")
             return self
 
-    def __init__(self, config: Any, base: torch.optim.Optimizer, session: Session) -> None:
-        super().__init__(config, base, session)
+    def __init__(
+        self, config: Any, base: torch.optim.Optimizer, context: CompressionContext
+    ) -> None:
+        super().__init__(config, base, context)
         sparsities = [float(s) for s in config.sparsities]
         if config.operators:
-            built = [
-                (session.build_operator(c, at=("operators", i)), ("operators", i))
+            operators = [
+                context.build_operator(c, at=("operators", i))
                 for i, c in enumerate(config.operators)
             ]
         else:
-            built = [(session.build_operator(config.operator, at=("operator",)), ("operator",))]
+            operators = [context.build_operator(config.operator, at=("operator",))]
         self.choices: list[tuple[Operator, list[float]]] = []
-        uses_sparsities = False
-        for operator, loc in built:
-            fixed = operator.fixed_sparsity()
-            if fixed is not None:
-                if not config.operators and any(abs(s - fixed) > 1e-9 for s in sparsities):
-                    raise ConfigError(
-                        f"the operator's pattern has sparsity {fixed:g}; leave 'sparsities' out",
-                        ("sparsities",),
-                    )
-                self.choices.append((operator, [fixed]))
-            elif not sparsities:
-                raise ConfigError("this operator needs target sparsities: set 'sparsities'", loc)
-            else:
-                uses_sparsities = True
-                self.choices.append((operator, sparsities))
-        if config.operators and sparsities and not uses_sparsities:
+        for operator in operators:
+            # One operator: its pattern must agree with 'sparsities'. Several: fixed patterns
+            # use their own sparsity and the others share 'sparsities'.
+            fixed_in_list = bool(config.operators) and operator.fixed_sparsity() is not None
+            self.choices.append((operator, operator.levels([] if fixed_in_list else sparsities)))
+        if (
+            config.operators
+            and sparsities
+            and all(op.fixed_sparsity() is not None for op in operators)
+        ):
             raise ConfigError(
                 "every operator has a fixed pattern, so 'sparsities' would be ignored",
                 ("sparsities",),
@@ -109,50 +106,35 @@ class CrAM(OptimizerWrapper):
         kind = "CrAM+" if self.config.plus else "CrAM"
         return f"{kind}(rho={self.config.rho:g}) over {type(self.base).__name__}"
 
-    # -- the step ------------------------------------------------------------------------------
+    # -- the two passes (the skeleton is TwoPassWrapper.step) -------------------------------
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        if closure is None:
-            raise TypeError("CrAM needs a closure: call optimizer.step(closure)")
-        with torch.enable_grad():
-            loss = closure()
-        params = params_with_grad(self.base)
-        if not params:
-            return loss
-        dense_grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
+    def extra_restored(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         seen = {id(p) for p in params}
-        restore = params + [p for p in self._target_params if id(p) not in seen]
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in restore]
-            torch._foreach_add_(params, dense_grads, alpha=float(self.config.rho))
-            self._compress()
-        for p in params:
-            p.grad = None  # g is kept in dense_grads; pass 2 writes fresh gradients
-        try:
-            with freeze_bn_stats(self.session.model), torch.enable_grad():
-                closure()
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(restore, saved)
-        with torch.no_grad():
-            if self.config.sparse_grad:
-                for name, mask in self.masks.items():
-                    grad = self._mask_params[name].grad
-                    if grad is not None:
-                        grad.mul_(mask)
-            if self.config.plus:
-                for p, g in zip(params, dense_grads, strict=True):
-                    if p.grad is None:
-                        p.grad = g
-                    else:
-                        p.grad.add_(g)
-        self.base.step()
-        return loss
+        return [p for p in self._target_params if id(p) not in seen]
+
+    def perturb(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """``w' = w + rho·g`` (no normalisation), then ``w~ = C(w')`` and ``M``."""
+        torch._foreach_add_(params, grads, alpha=float(self.config.rho))
+        self._compress()
+
+    def combine(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """``M ⊙ g_c`` with ``sparse_grad``; CrAM+ adds the dense ``g`` (a sum, not a mean)."""
+        if self.config.sparse_grad:
+            for name, mask in self.masks.items():
+                grad = self._mask_params[name].grad
+                if grad is not None:
+                    grad.mul_(mask)
+        if self.config.plus:
+            for p, g in zip(params, grads, strict=True):
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
 
     def _compress(self) -> None:
         """Turn the perturbed weights into ``w~`` in place and record ``M``."""
         every = int(self.config.mask_every)
-        if self.masks and every > 1 and self.session.step % every != 0:
+        if self.masks and every > 1 and self.context.step % every != 0:
             for name, mask in self.masks.items():
                 self._mask_params[name].mul_(mask)
             return
@@ -160,9 +142,9 @@ class CrAM(OptimizerWrapper):
         operator = self.choices[index][0]
         self.last_target = (index, sparsity)
         weights = {t.name: t.param for t in operator.targets}
-        generator = self.session.generator
+        generator = self.context.generator
         masks: dict[str, torch.Tensor] = {}
-        if type(operator).project is Operator.project:
+        if not operator.is_projection:
             for name, mask in operator.masks(weights, sparsity, generator=generator).items():
                 weights[name].mul_(mask)
                 masks[name] = mask.to(torch.bool)
@@ -182,9 +164,9 @@ class CrAM(OptimizerWrapper):
     def _uniform(self, n: int) -> int:
         if n == 1:
             return 0
-        return int(torch.randint(n, (1,), generator=self.session.generator).item())
+        return int(torch.randint(n, (1,), generator=self.context.generator).item())
 
 
 @hookimpl
-def register_optimizers(register):  # type: ignore[no-untyped-def]
+def register_optimizers(register: Callable[[type], None]) -> None:
     register(CrAM)

@@ -4,24 +4,22 @@ One step: pass 1 at ``w`` gives ``g``; ``e = rho·g/(||g||_2 + 1e-12)`` with the
 over every parameter that has a gradient; pass 2 at ``w + e`` (BatchNorm running statistics
 frozen) gives ``g_sam``; ``w`` is restored exactly and the base optimizer steps with ``g_sam``.
 ``adaptive: true`` is ASAM (Kwon et al. 2021) as in the widely used reference implementation
-(davda54/sam): ``e = rho·w²·g/||w·g||``.
+(davda54/sam): ``e = rho·w²·g/||w·g||``. The two-pass skeleton is
+:class:`~compressor.plugin_api.TwoPassWrapper`'s; SAM only says where pass 2 runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from compressor import hookimpl
-from compressor.contract.bases import OptimizerWrapper, TypeConfig
-from compressor.contract.optim import params_with_grad
-from compressor.engine.bn import freeze_bn_stats
+from compressor.plugin_api import TwoPassWrapper, TypeConfig, hookimpl
 
 
-class SAM(OptimizerWrapper):
+class SAM(TwoPassWrapper):
     """Two passes per step; the returned loss is pass 1's (at the unperturbed weights)."""
 
     class Config(TypeConfig):
@@ -33,33 +31,13 @@ class SAM(OptimizerWrapper):
         kind = "ASAM" if self.config.adaptive else "SAM"
         return f"{kind}(rho={self.config.rho:g}) over {type(self.base).__name__}"
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        if closure is None:
-            raise TypeError("SAM needs a closure: call optimizer.step(closure)")
-        with torch.enable_grad():
-            loss = closure()
-        params = params_with_grad(self.base)
-        if not params:
-            return loss
-        with torch.no_grad():
-            grads = [p.grad for p in params]
-            saved = [p.detach().clone() for p in params]
-            perturbation = self._perturbation(params, grads)  # type: ignore[arg-type]
-            torch._foreach_add_(params, perturbation)
-        for p in params:
-            p.grad = None  # pass 2's gradient replaces g, whatever the closure's zero_grad does
-        try:
-            with freeze_bn_stats(self.session.model), torch.enable_grad():
-                closure()
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, saved)
-        self.base.step()
-        return loss
+    def perturb(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        torch._foreach_add_(params, self.perturbation(params, grads))
 
-    def _perturbation(
+    def perturbation(
         self, params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> list[torch.Tensor]:
+        """``e``: ``rho·g/||g||`` (ASAM: ``rho·w²·g/||w·g||``)."""
         rho = float(self.config.rho)
         if self.config.adaptive:
             scaled = torch._foreach_mul(grads, torch._foreach_abs(params))
@@ -73,5 +51,5 @@ class SAM(OptimizerWrapper):
 
 
 @hookimpl
-def register_optimizers(register):  # type: ignore[no-untyped-def]
+def register_optimizers(register: Callable[[type], None]) -> None:
     register(SAM)

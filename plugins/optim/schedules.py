@@ -8,14 +8,20 @@ Ramps hold their value between updates when ``every`` > 1 and are exactly ``fina
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from compressor import hookimpl
-from compressor.contract.bases import Schedule, TypeConfig
-from compressor.contract.errors import ConfigError
-from compressor.contract.steps import StepClock, StepSpec, same_unit_order
+from compressor.plugin_api import (
+    ConfigError,
+    Schedule,
+    StepClock,
+    StepSpec,
+    TypeConfig,
+    hookimpl,
+    same_unit_order,
+)
 
 
 class Constant(Schedule):
@@ -159,6 +165,6 @@ class Cosine(Schedule):
 
 
 @hookimpl
-def register_schedules(register):  # type: ignore[no-untyped-def]
+def register_schedules(register: Callable[[type], None]) -> None:
     for schedule in (Constant, Linear, Polynomial, AGP, Cubic, Cosine):
         register(schedule)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import OptimizerConfig, OptimizerFactory
+from compressor.plugin_api import OptimizerConfig, OptimizerFactory, hookimpl
 
 
 class SGD(OptimizerFactory):
@@ -48,6 +47,6 @@ class AdamW(OptimizerFactory):
 
 
 @hookimpl
-def register_optimizers(register):  # type: ignore[no-untyped-def]
+def register_optimizers(register: Callable[[type], None]) -> None:
     register(SGD)
     register(AdamW)

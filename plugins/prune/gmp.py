@@ -7,41 +7,31 @@ weights after it, so pruned weights stay exactly zero. After ``end`` the masks a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
-from compressor import hookimpl
-from compressor.contract.bases import (
+from compressor.plugin_api import (
+    CompressionContext,
+    ConfigError,
     Modifier,
     Operator,
     OperatorSpec,
     ScheduleSpec,
     Sparsity,
+    StepSpec,
     TypeConfig,
+    hookimpl,
 )
-from compressor.contract.errors import ConfigError
-from compressor.contract.steps import StepSpec
-from compressor.engine.session import Session
+from compressor_plugins.prune.magnitude import default_operator
 
 
-def default_operator() -> dict[str, Any]:
-    return {"kind": "magnitude", "scope": "global"}
-
-
-def apply_masks(session: Session, operator: Operator, sparsity: float | None) -> None:
-    """Compute masks on the current weights and hand them to the session's mask set."""
+def apply_masks(context: CompressionContext, operator: Operator, sparsity: float | None) -> None:
+    """Compute masks on the current weights and hand them to the run's mask store."""
     weights = {t.name: t.param for t in operator.targets}
-    for name, mask in operator.masks(weights, sparsity, generator=session.generator).items():
-        session.masks.set(name, mask)
-
-
-def check_fixed(operator: Operator, sparsity: float, loc: tuple[str, ...]) -> None:
-    fixed = operator.fixed_sparsity()
-    if fixed is not None and abs(fixed - sparsity) > 1e-9:
-        raise ConfigError(
-            f"the operator's pattern has sparsity {fixed:g}, but {sparsity:g} is asked for", loc
-        )
+    for name, mask in operator.masks(weights, sparsity, generator=context.generator).items():
+        context.masks.set(name, mask)
 
 
 class GMP(Modifier):
@@ -50,11 +40,11 @@ class GMP(Modifier):
         operator: OperatorSpec = Field(default_factory=default_operator, validate_default=True)  # type: ignore[assignment]
         schedule: ScheduleSpec
 
-    def __init__(self, config: Any, session: Session) -> None:
-        super().__init__(config, session)
-        self.operator = session.build_operator(config.operator)
-        self.schedule = session.build_schedule(config.schedule)
-        self.start, self.end = self.schedule.span() or (0, session.clock.total_steps)
+    def __init__(self, config: Any, context: CompressionContext) -> None:
+        super().__init__(config, context)
+        self.operator = context.build_operator(config.operator)
+        self.schedule = context.build_schedule(config.schedule)
+        self.start, self.end = self.schedule.span() or (0, context.clock.total_steps)
         self.check_schedule()
         self.current: float | None = None
 
@@ -64,24 +54,23 @@ class GMP(Modifier):
             value = self.schedule(step)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"sparsity must be in [0, 1), got {value:g}", ("schedule", field))
-        if self.operator.fixed_sparsity() is not None:
-            check_fixed(self.operator, self.schedule(self.end), ("schedule", "final"))
+        self.operator.levels([self.schedule(self.end)], loc=("schedule", "final"))
 
-    def prune_to(self, session: Session, target: float) -> None:
+    def prune_to(self, context: CompressionContext, target: float) -> None:
         """Set the masks for sparsity ``target`` (subclasses change how)."""
-        apply_masks(session, self.operator, target)
+        apply_masks(context, self.operator, target)
 
     def masked_names(self) -> set[str]:
         return {t.name for t in self.operator.targets}
 
-    def update(self, session: Session) -> None:
-        step = session.step
+    def update(self, context: CompressionContext) -> None:
+        step = context.step
         if step < self.start or step > self.end:
             return
         target = self.schedule(step)
         if target == self.current or (self.current is None and target <= 0.0):
             return
-        self.prune_to(session, target)
+        self.prune_to(context, target)
         self.current = target
 
     def timeline(self) -> list[tuple[int, str]]:
@@ -89,7 +78,7 @@ class GMP(Modifier):
         rows.append((self.end, "masks frozen from here on (fine-tuning)"))
         return rows
 
-    def report(self, session: Session) -> dict[str, Any]:
+    def report(self, context: CompressionContext) -> dict[str, Any]:
         return {
             "target_sparsity": self.schedule(self.end),
             "masked_tensors": len(self.masked_names()),
@@ -111,30 +100,26 @@ class OneShot(Modifier):
         sparsity: Sparsity | None = None
         at: StepSpec = 0
 
-    def __init__(self, config: Any, session: Session) -> None:
-        super().__init__(config, session)
-        self.operator = session.build_operator(config.operator)
-        self.at = session.clock.steps(config.at)
-        fixed = self.operator.fixed_sparsity()
-        if config.sparsity is None and fixed is None:
-            raise ConfigError("this operator needs a target sparsity", ("sparsity",))
-        if config.sparsity is not None:
-            check_fixed(self.operator, config.sparsity, ("sparsity",))
-        self.sparsity = config.sparsity if config.sparsity is not None else fixed
+    def __init__(self, config: Any, context: CompressionContext) -> None:
+        super().__init__(config, context)
+        self.operator = context.build_operator(config.operator)
+        self.at = context.clock.steps(config.at)
+        given = [] if config.sparsity is None else [config.sparsity]
+        (self.sparsity,) = self.operator.levels(given, loc=("sparsity",))
         self.done = False
 
     def masked_names(self) -> set[str]:
         return {t.name for t in self.operator.targets}
 
-    def update(self, session: Session) -> None:
-        if not self.done and session.step >= self.at:
-            apply_masks(session, self.operator, self.sparsity)
+    def update(self, context: CompressionContext) -> None:
+        if not self.done and context.step >= self.at:
+            apply_masks(context, self.operator, self.sparsity)
             self.done = True
 
     def timeline(self) -> list[tuple[int, str]]:
         return [(self.at, f"prune once to sparsity {self.sparsity:.4f}; masks kept afterwards")]
 
-    def report(self, session: Session) -> dict[str, Any]:
+    def report(self, context: CompressionContext) -> dict[str, Any]:
         return {"target_sparsity": self.sparsity}
 
     def state_dict(self) -> dict[str, Any]:
@@ -145,6 +130,6 @@ class OneShot(Modifier):
 
 
 @hookimpl
-def register_modifiers(register):  # type: ignore[no-untyped-def]
+def register_modifiers(register: Callable[[type], None]) -> None:
     register(GMP)
     register(OneShot)

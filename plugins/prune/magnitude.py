@@ -10,13 +10,17 @@ The mask is found without sorting and, for large models, without concatenating t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig
+from compressor.plugin_api import Operator, OperatorConfig, hookimpl
+
+
+def default_operator() -> dict[str, Any]:
+    """The operator every built-in uses unless told otherwise: global magnitude top-k."""
+    return {"kind": "magnitude", "scope": "global"}
 
 
 def keep_count(n: int, sparsity: float) -> int:
@@ -95,30 +99,30 @@ class Magnitude(Operator):
         kind: Literal["magnitude"]
         scope: Literal["global", "layer"] = "global"
 
-    def masks(
+    def label(self, sparsity: float | None) -> str:
+        level = f"{self.target(sparsity):g}"
+        return level if self.config.scope == "global" else f"layer {level}"
+
+    def compute_masks(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity is None:
-            raise ValueError("the magnitude operator needs a target sparsity")
-        names = [t.name for t in self.targets if t.name in weights] or list(weights)
         if self.config.scope == "layer":
             return {
                 name: topk_mask(
-                    weights[name].detach().abs().flatten(),
-                    keep_count(weights[name].numel(), sparsity),
-                ).view_as(weights[name])
-                for name in names
+                    w.detach().abs().flatten(), keep_count(w.numel(), sparsity)
+                ).view_as(w)
+                for name, w in weights.items()
             }
-        scores = [weights[name].detach().abs().flatten() for name in names]
+        scores = [w.detach().abs().flatten() for w in weights.values()]
         masks = topk_masks(scores, keep_count(sum(x.numel() for x in scores), sparsity))
-        out = {name: mask.view_as(weights[name]) for name, mask in zip(names, masks, strict=True)}
-        return out
+        return {
+            name: mask.view_as(w) for (name, w), mask in zip(weights.items(), masks, strict=True)
+        }
 
 
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(Magnitude)

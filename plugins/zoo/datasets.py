@@ -18,9 +18,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compressor import hookimpl
-from compressor.contract.bases import DataInfo, DatasetBuilder, DatasetConfig, DataSplits
-from compressor.train.checkpoint import atomic_save
+from compressor.plugin_api import (
+    DataInfo,
+    DatasetBuilder,
+    DatasetConfig,
+    DataSplits,
+    atomic_save,
+    hookimpl,
+    load_checkpoint,
+)
 
 MNIST1D_LENGTH = 40
 
@@ -51,7 +57,7 @@ class MNIST1D(DatasetBuilder):
         ]
         path = cache_dir() / f"mnist1d-{key}.pt"
         if path.exists():
-            data = torch.load(path, weights_only=True)
+            data = load_checkpoint(path)
         else:
             data = self._generate()
             atomic_save(data, path)

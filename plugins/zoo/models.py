@@ -9,8 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import DataInfo, ModelBuilder, TypeConfig
+from compressor.plugin_api import DataInfo, ModelBuilder, TypeConfig, hookimpl
 
 
 class MNIST1DCNN(nn.Module):

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import (
+from compressor.plugin_api import (
     DataInfo,
     DatasetBuilder,
     DatasetConfig,
     DataSplits,
     ModelBuilder,
     TypeConfig,
+    hookimpl,
 )
 from compressor_plugins.zoo.datasets import gaussian_class_splits
 

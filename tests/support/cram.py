@@ -114,8 +114,7 @@ from typing import Literal
 
 import torch
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig
+from compressor.plugin_api import Operator, OperatorConfig, hookimpl
 
 
 class _Fixed(Operator):
@@ -124,14 +123,14 @@ class _Fixed(Operator):
     def fixed_sparsity(self):
         return self.SPARSITY
 
-    def masks(self, weights, sparsity, *, generator=None):
+    def compute_masks(self, weights, sparsity, generator):
         out = {}
-        for t in self.targets:
-            w = weights[t.name].detach().abs().flatten()
+        for name, weight in weights.items():
+            w = weight.detach().abs().flatten()
             keep = w.numel() - int(round(self.SPARSITY * w.numel()))
             mask = torch.zeros_like(w, dtype=torch.bool)
             mask[torch.topk(w, keep).indices] = True
-            out[t.name] = mask.view_as(weights[t.name])
+            out[name] = mask.view_as(weight)
         return out
 
 

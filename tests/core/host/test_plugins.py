@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from compressor.contract.errors import PluginError
-from compressor.host.manager import BUILTIN_PLUGINS, load_plugins
+from compressor.host.manager import builtin_plugins, load_plugins
 from tests.support import ROOT
 
 PACKAGE = ROOT / "tests" / "support" / "plugin_pkg"
-COMPRESSOR = [sys.executable, "-m", "compressor.cli.main"]
+COMPRESSOR = [sys.executable, "-m", "compressor.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_entry_point_plugin_is_listed_with_version_and_types(
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["random_prune"]["distribution"] == "compressor-random-prune"
     assert rows["random_prune"]["version"] == "0.2.0"
-    assert rows["random_prune"]["provides"] == {"operators": ["random"]}
+    assert rows["random_prune"]["provides"] == {"operators": ["random"], "evaluators": ["density"]}
 
 
 def test_recipe_using_the_plugin_validates_and_runs(
@@ -125,8 +125,7 @@ def test_plugin_file_and_duplicate_names_name_both_plugins(tmp_path: Path) -> No
     plugin = tmp_path / "dup.py"
     plugin.write_text(
         "from typing import Literal\n"
-        "from compressor import hookimpl\n"
-        "from compressor.contract.bases import Operator, OperatorConfig\n"
+        "from compressor.plugin_api import Operator, OperatorConfig, hookimpl\n"
         "class Dup(Operator):\n"
         "    class Config(OperatorConfig):\n"
         "        kind: Literal['magnitude']\n"
@@ -153,7 +152,7 @@ def test_unknown_hook_in_plugin_file_is_rejected(tmp_path: Path) -> None:
 
 def test_every_builtin_is_loaded_and_provides_something() -> None:
     plugins = load_plugins(autoload=False)
-    for name in BUILTIN_PLUGINS:
+    for name in builtin_plugins():
         assert name in plugins.infos
         hooks = [h for h in plugins.pm.get_hookcallers(plugins.pm.get_plugin(name)) or []]
         assert plugins.registries.provided_by(name) or hooks, name

@@ -83,7 +83,13 @@ def test_study_runs_every_recipe_and_seed_with_shared_settings(
     assert store.metrics("GMP 50%/seed1")["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert len(store.curve("sgd/seed0", "training")) == 3
     if has_oneshot(plugins):
-        assert [label for _, _, label in store.curve("sgd/seed0", "oneshot")] == ["0.5", "0.8"]
+        points = store.curve("sgd/seed0", "oneshot:robustness")
+        assert [(label, style) for _, _, label, style in points] == [
+            ("trained", "line"),
+            ("0.5", "line"),
+            ("0.8", "line"),
+        ]
+        assert store.metrics("sgd/seed0")["oneshot:0.5"] == points[1][1]
 
 
 def test_store_rows_match_the_printed_table_and_files(
@@ -105,7 +111,8 @@ def test_store_rows_match_the_printed_table_and_files(
         assert accuracies[label] in printed
     with (tmp_path / "out" / "report.csv").open() as handle:
         table = list(csv.reader(handle))
-    assert table[0][:4] == ["method", "seeds", "trained acc %", "sparsity"]
+    assert table[0][:6] == ["method", "seeds", "trained accuracy %", "sparsity", "50%", "80%"]
+    assert table[0][6:] == ["step ×sgd", "wall s"]
     assert [row[0] for row in table[1:]] == ["sgd", "GMP 50%"]
     assert table[2][2].startswith(accuracies["GMP 50%"])
     for name in ("robustness.png", "training.png", "report.md", "report.json"):

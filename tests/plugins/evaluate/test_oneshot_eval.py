@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from compressor import Session
-from compressor.contract.bases import DataInfo, DataSplits
 from compressor.contract.errors import RecipeError
+from compressor.plugin_api import DataInfo, DataSplits, Evaluation
+from compressor.train.context import RunContext
 from compressor.train.metrics import accuracy
-from compressor_plugins.evaluate.oneshot import calibration_subset
 from tests.support.cram import make_recipe, plugins_with_fixed_operators
 
 torch.set_num_threads(1)
@@ -56,11 +56,15 @@ evaluate:
 """
 
 
-def _evaluate(model: nn.Module, data: DataSplits, extra: str = EVALUATE, plugins=None) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def _run(model: nn.Module, data: DataSplits, extra: str = EVALUATE, plugins=None) -> Evaluation:  # type: ignore[no-untyped-def]
     recipe = make_recipe(None, extra=extra, plugins=plugins)
     session = Session(model, recipe, steps_per_epoch=1, plugins=plugins)
     evaluator = session.registries.evaluators.build(recipe.config.evaluate.oneshot)
-    return evaluator.run(session, model, data)  # type: ignore[no-any-return]
+    return evaluator.run(RunContext(session, data), model)  # type: ignore[no-any-return]
+
+
+def _evaluate(model: nn.Module, data: DataSplits, extra: str = EVALUATE, plugins=None) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return _run(model, data, extra, plugins).details
 
 
 def test_trained_model_stays_bit_identical() -> None:
@@ -85,8 +89,8 @@ def test_reports_each_target_before_and_after_recalibration() -> None:
     eligible = 8 * 2 * 3 + 64 * 3
     for row in result["results"]:
         assert abs(row["sparsity"] - row["target_sparsity"]) <= 1 / eligible
-        for key in ("accuracy_before_recalibration", "accuracy"):
-            assert 0.0 <= row[key] <= 1.0
+        for key in ("before_recalibration", "after_recalibration"):
+            assert 0.0 <= row[key]["accuracy"] <= 1.0
         assert row["operator"]["kind"] == "magnitude"
     assert result == _evaluate(model, data)  # deterministic
 
@@ -96,10 +100,39 @@ def test_recalibration_is_what_changes_between_the_two_accuracies() -> None:
     model = _trained_cnn(data)
     no_recal = EVALUATE.replace("batches: 5", "batches: 0")
     for row in _evaluate(model, data, no_recal)["results"]:
-        assert row["accuracy"] == row["accuracy_before_recalibration"]
-        assert row["loss"] == row["loss_before_recalibration"]
+        assert row["after_recalibration"] == row["before_recalibration"]
     rows = _evaluate(model, data)["results"]
-    assert any(r["loss"] != r["loss_before_recalibration"] for r in rows)
+    assert any(r["after_recalibration"]["loss"] != r["before_recalibration"]["loss"] for r in rows)
+
+
+def test_declares_a_column_per_target_and_the_robustness_curve(tmp_path: Path) -> None:
+    plugins = plugins_with_fixed_operators(tmp_path)
+    data = _data()
+    extra = EVALUATE.replace(
+        "sparsities: [0.5, 0.8]", "sparsities: [0.8, 0.5]\n    targets: [{kind: half}]"
+    )
+    evaluation = _run(_trained_cnn(data), data, extra, plugins)
+    assert [(c.metric, c.title) for c in evaluation.columns] == [
+        ("0.8", "80%"),
+        ("0.5", "50%"),
+        ("half 0.5", "half 0.5"),
+    ]
+    rows = evaluation.details["results"]
+    assert evaluation.metrics["0.5"] == rows[1]["after_recalibration"]["accuracy"]
+    assert (
+        evaluation.metrics["0.5/before_recalibration"]
+        == rows[1]["before_recalibration"]["accuracy"]
+    )
+    (curve,) = evaluation.curves
+    assert curve.name == "robustness" and curve.higher_is_better
+    assert [(p.label, p.style) for p in curve.points] == [
+        ("trained", "line"),
+        ("0.8", "line"),
+        ("0.5", "line"),
+        ("half 0.5", "marker"),
+    ]
+    assert "after one-shot compression" in evaluation.legend
+    assert Evaluation.from_dict(evaluation.to_dict()) == evaluation
 
 
 def test_fixed_pattern_targets_run_once_at_their_own_sparsity(tmp_path: Path) -> None:
@@ -116,11 +149,14 @@ def test_fixed_pattern_targets_run_once_at_their_own_sparsity(tmp_path: Path) ->
     assert rows[1]["sparsity"] == pytest.approx(0.5)
 
 
-def test_calibration_subset_is_fixed_by_its_seed() -> None:
+def test_calibration_inputs_are_fixed_by_their_seed() -> None:
     x = torch.arange(5000).float()
-    a, b = calibration_subset(x, 1000, 0), calibration_subset(x, 1000, 0)
+    data = DataSplits(x, x, x, x, DataInfo((1,), 2))
+    model = nn.Sequential(nn.Linear(1, 2))
+    context = RunContext(Session(model, make_recipe(None), steps_per_epoch=1), data)
+    a, b = context.calibration_inputs(1000, 0), context.calibration_inputs(1000, 0)
     assert torch.equal(a, b) and a.shape == (1000,) and len(set(a.tolist())) == 1000
-    assert not torch.equal(a, calibration_subset(x, 1000, 1))
+    assert not torch.equal(a, context.calibration_inputs(1000, 1))
 
 
 def test_accuracy_restores_the_train_mode() -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from compressor import Session
 from compressor.contract.selection import select_targets
 from compressor.host.manager import Plugins
+from compressor.train.loop import run_context
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.export import pruned as pruned_export
 from compressor_plugins.export.pruned import (
@@ -117,14 +118,19 @@ def test_export_hook_writes_model_and_report(
     model = plugins.registries.models.build(recipe.config.model).build(data.info())
     session = Session(model, recipe, steps_per_epoch=1, plugins=plugins)
     session.begin()
-    hook = plugins.hook.export
-    assert hook(session=session, model=model, path=tmp_path / "x.pt", format="onnx-nope") is None
-    written = hook(session=session, model=model, path=tmp_path / "m.pt", format="pruned")
+    registry = plugins.registries.exporters
+    with pytest.raises(
+        KeyError, match="unknown export format 'prunde' \\(did you mean 'pruned'\\?\\)"
+    ):
+        registry.get("prunde")
+    exporter = registry.get("pruned").cls(registry.get("pruned").config())
+    context = run_context(recipe, session, data.build, plugins)
+    written = exporter.export(context, model, tmp_path / "m.pt")
     assert written == tmp_path / "m.pt"
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["params"]["pruned"] < report["params"]["dense"]
     assert report["file_bytes"]["pruned"] < report["file_bytes"]["dense"]
     assert set(report["latency_cpu"]) == {"threads", "batch1", "batch64"}
     assert report["latency_cpu"]["batch1"]["pruned"]["median_ms"] > 0
-    reloaded = load_pruned(written, registries=plugins.registries)  # rebuilt from the spec
+    reloaded = load_pruned(written)  # rebuilt from the spec
     assert reloaded(torch.randn(2, *RESNET_SHAPE)).shape == (2, 10)

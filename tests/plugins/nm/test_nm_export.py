@@ -47,7 +47,8 @@ def test_without_cuda_export_raises_a_clear_error_and_writes_nothing(
 ) -> None:
     path = tmp_path / "out" / "model.pt"
     with pytest.raises(CompressorError) as info:
-        plugins.hook.export(session=None, model=mlp_24(), path=path, format="semi-structured")
+        exporter = nm_export.SemiStructuredExporter(nm_export.SemiStructuredExporter.Config())
+        exporter.export(None, mlp_24(), path)  # type: ignore[arg-type]
     assert str(info.value) == NO_GPU
     assert list(tmp_path.iterdir()) == []
 
@@ -61,10 +62,10 @@ def test_an_old_gpu_is_refused_with_its_capability(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_other_formats_are_left_to_other_plugins(plugins: Plugins, tmp_path: Path) -> None:
-    result = plugins.hook.export(session=None, model=mlp_24(), path=tmp_path / "m", format="onnx")
-    assert result is None
-    assert list(tmp_path.iterdir()) == []
+def test_the_format_is_registered_like_every_export_format(plugins: Plugins) -> None:
+    entry = plugins.registries.exporters.get("semi-structured")
+    assert entry.cls is nm_export.SemiStructuredExporter
+    assert "semi-structured" in plugins.registries.provided_by(entry.plugin.name)["exporters"]
 
 
 def test_eligibility_reasons_without_a_gpu() -> None:

@@ -219,7 +219,7 @@ def test_fixed_pattern_operator_step_keeps_its_pattern_in_pass_two(tmp_path: Pat
 @pytest.mark.parametrize(
     ("wrapper", "message"),
     [
-        ("{name: cram}", "needs target sparsities"),
+        ("{name: cram}", "needs a target sparsity"),
         ("{name: cram, sparsities: [1.0]}", "sparsity must be in"),
         ("{name: cram, rho: -1, sparsities: [0.5]}", "greater than 0"),
         (

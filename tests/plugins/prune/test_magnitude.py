@@ -120,14 +120,17 @@ def test_tied_weights_are_one_target() -> None:
     assert [t.name for t in select_targets(model, modules=["linear", "embedding"])] == ["0.weight"]
 
 
-def test_target_labels_keep_distinct_operators_apart() -> None:
-    from compressor.study.runner import target_label
+def test_operators_label_their_targets_distinctly(plugins: Plugins) -> None:
+    def label(config: dict, sparsity: float | None) -> str:  # type: ignore[type-arg]
+        entry = plugins.registries.operators.get(config["kind"])
+        return str(entry.cls(entry.config.model_validate(config)).label(sparsity))
 
     labels = {
-        target_label({"kind": "magnitude", "scope": "global"}, 0.9),
-        target_label({"kind": "magnitude", "scope": "layer"}, 0.9),
-        target_label({"kind": "nm", "keep": 2, "group": 4}, None),
-        target_label({"kind": "block", "block": [4, 4]}, 0.5),
-        target_label({"kind": "block", "block": [1, 4]}, 0.5),
+        label({"kind": "magnitude", "scope": "global"}, 0.9),
+        label({"kind": "magnitude", "scope": "layer"}, 0.9),
+        label({"kind": "nm", "keep": 2, "group": 4}, None),
+        label({"kind": "nm", "keep": 2, "group": 4}, 0.25),
+        label({"kind": "block", "block": [4, 4]}, 0.5),
+        label({"kind": "block", "block": [1, 4]}, 0.5),
     }
-    assert labels == {"0.9", "layer 0.9", "2:4", "block 4x4 0.5", "block 1x4 0.5"}
+    assert labels == {"0.9", "layer 0.9", "2:4", "2:4 0.25", "block 4x4 0.5", "block 1x4 0.5"}

@@ -1,17 +1,30 @@
-"""A third-party compressor plugin: random pruning, a baseline for any comparison.
+"""A third-party compressor plugin: random pruning, a baseline for any comparison, and an
+evaluator that reports how many weights the trained model keeps per layer on average.
 
 Installed as its own distribution; compressor finds it through the ``compressor`` entry point.
+It imports only :mod:`compressor.plugin_api`, as every plugin should.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+from torch import nn
 
-from compressor import hookimpl
-from compressor.contract.bases import Operator, OperatorConfig
+from compressor.plugin_api import (
+    Column,
+    Curve,
+    CurvePoint,
+    Evaluation,
+    EvaluationContext,
+    Evaluator,
+    Operator,
+    OperatorConfig,
+    TypeConfig,
+    hookimpl,
+)
 
 
 class RandomOperator(Operator):
@@ -20,15 +33,12 @@ class RandomOperator(Operator):
     class Config(OperatorConfig):
         kind: Literal["random"]
 
-    def masks(
+    def compute_masks(
         self,
-        weights: Mapping[str, torch.Tensor],
-        sparsity: float | None,
-        *,
-        generator: torch.Generator | None = None,
+        weights: dict[str, torch.Tensor],
+        sparsity: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity is None:
-            raise ValueError("random pruning needs a target sparsity")
         out = {}
         for name, weight in weights.items():
             n = weight.numel()
@@ -40,6 +50,31 @@ class RandomOperator(Operator):
         return out
 
 
+class Density(Evaluator):
+    """``evaluate: {density: {}}``: the fraction of non-zero weights, overall and per layer."""
+
+    class Config(TypeConfig):
+        name: Literal["density"] = "density"
+
+    def run(self, context: EvaluationContext, model: nn.Module) -> Evaluation:
+        per_layer = context.sparsity()["per_layer"]
+        density = {name: 1.0 - zeros for name, zeros in per_layer.items()}
+        overall = 1.0 - context.sparsity()["global"]
+        points = [CurvePoint(i, d, name) for i, (name, d) in enumerate(density.items())]
+        return Evaluation(
+            metrics={"overall": overall},
+            columns=[Column("overall", "density %", percent=True)],
+            curves=[Curve("density", "Density by layer", "layer index", "density", points)],
+            legend="density %: non-zero fraction of the prunable weights",
+            details={"per_layer": density},
+        )
+
+
 @hookimpl
-def register_operators(register):  # type: ignore[no-untyped-def]
+def register_operators(register: Callable[[type], None]) -> None:
     register(RandomOperator)
+
+
+@hookimpl
+def register_evaluators(register: Callable[[type], None]) -> None:
+    register(Density)

@@ -34,16 +34,18 @@ _TORCH_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNor
 
 
 @contextmanager
-def freeze_bn_stats(model: nn.Module) -> Iterator[None]:
+def freeze_bn_stats(model: nn.Module, *, layers: list[_BatchNorm] | None = None) -> Iterator[None]:
     """Leave running mean/var and ``num_batches_tracked`` exactly unchanged inside the block.
 
     In train mode the forward still normalises with batch statistics. Two mechanisms, because
     each alone has a gap: ``track_running_stats=False`` makes torch's layers skip the update
     (and the ``num_batches_tracked`` increment) whatever the momentum, ``None`` included, and
     without the ``0·NaN`` hazard of a zero momentum; restoring a snapshot of the buffers on exit
-    covers subclasses whose own ``forward`` updates them anyway.
+    covers subclasses whose own ``forward`` updates them anyway. ``layers``: the model's
+    BatchNorm layers when the caller has them already (a training step avoids the module walk).
     """
-    layers = [layer for layer in batchnorm_layers(model) if layer.track_running_stats]
+    found = batchnorm_layers(model) if layers is None else layers
+    layers = [layer for layer in found if layer.track_running_stats]
     # torch's own layers honour track_running_stats exactly; snapshot only the others
     custom = [layer for layer in layers if type(layer) not in _TORCH_LAYERS]
     snapshots = [[b.clone() for b in _buffers(layer)] for layer in custom]

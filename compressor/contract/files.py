@@ -38,6 +38,6 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
-def load(path: str | Path) -> Any:
+def load_checkpoint(path: str | Path) -> Any:
     """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only)."""
     return torch.load(Path(path), weights_only=True, map_location="cpu")

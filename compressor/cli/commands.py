@@ -1,0 +1,289 @@
+"""The built-in sub-commands, registered exactly as a plugin registers its own.
+
+Each command is ``func(args) -> exit code`` and finds the loaded plugins through
+:func:`~compressor.host.manager.default_plugins` (the CLI makes its set the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.contract.errors import CompressorError, RecipeError
+from compressor.contract.evaluation import Evaluation
+from compressor.host.manager import default_plugins
+from compressor.recipe.schema import Recipe, apply_overrides, build_recipe_model, validate_source
+from compressor.recipe.source import read_yaml
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def read_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
+    """Load and validate a recipe file, applying ``key.path=value`` overrides first."""
+    source = read_yaml(path)
+    if overrides:
+        try:
+            source.data = apply_overrides(source.data, list(overrides))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise CompressorError(f"bad --set override: {exc}") from None
+    return validate_source(source, default_plugins().registries)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compressor.train.loop import run
+
+    recipe = read_recipe(args.recipe, args.set)
+    out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
+    report = run(
+        recipe,
+        out_dir,
+        plugins=default_plugins(),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    show_report(report, out_dir)
+    return 0
+
+
+def show_report(report: dict[str, Any], out_dir: Path) -> None:
+    """The run's metric and sparsity, then every column each evaluator declared."""
+    table = Table(
+        title=f"{report['recipe']} — {report['steps']} steps, {report['wall_time_s']:.1f} s"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("test accuracy", f"{100 * report['metrics']['test_accuracy']:.2f}%")
+    sparsity = report["sparsity"]
+    table.add_row(
+        "sparsity (eligible weights)",
+        f"{sparsity['global']:.4f} ({sparsity['zeros']}/{sparsity['eligible']})",
+    )
+    for name, result in report.get("evaluations", {}).items():
+        evaluation = Evaluation.from_dict(result)
+        for column in sorted(evaluation.columns, key=lambda c: c.order):
+            value = evaluation.metrics.get(column.metric)
+            if value is None:
+                continue
+            text = (
+                f"{100 * value:.{column.digits}f}%"
+                if column.percent
+                else f"{value:.{column.digits}f}"
+            )
+            table.add_row(f"{name}: {column.title}", text)
+    out.print(table)
+    out.print(f"report: {out_dir / 'report.json'}   checkpoint: {out_dir / 'checkpoint.pt'}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from compressor.train.loop import prepare
+
+    failed = False
+    for path in args.recipes:
+        try:
+            recipe = read_recipe(path, args.set)
+            session = prepare(recipe, default_plugins(), with_data=False).session
+            session.optimizer()  # builds the wrapper: its config is checked against the model
+        except RecipeError as exc:
+            err.print(str(exc), markup=False, highlight=False)
+            failed = True
+            continue
+        except CompressorError as exc:
+            err.print(f"{path}: error: {exc}", markup=False, highlight=False)
+            failed = True
+            continue
+        clock = session.clock
+        out.print(
+            f"{path}: ok — '{recipe.name}', {clock.total_steps} steps "
+            f"({clock.steps_per_epoch} per epoch), {len(session.modifiers)} modifier(s)",
+            markup=False,
+            highlight=False,
+        )
+    return 2 if failed else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from compressor.train.loop import prepare
+
+    recipe = read_recipe(args.recipe, args.set)
+    session = prepare(recipe, default_plugins(), with_data=False).session
+    clock = session.clock
+    config = recipe.config
+    out.print(
+        f"[bold]{recipe.name}[/bold]: {config.train.epochs} epochs × {clock.steps_per_epoch} "
+        f"steps = {clock.total_steps} optimizer steps"
+    )
+    optimizer = f"{config.optimizer.name} (lr {config.optimizer.lr:g})"
+    if config.wrapper is not None:
+        optimizer = f"{config.wrapper.name} wrapping {optimizer}"
+    out.print(f"optimizer: {optimizer}")
+    if session.lr_schedule is not None:
+        points = ", ".join(
+            f"step {s}: ×{session.lr_schedule(s):.3f}" for s in session.lr_schedule.milestones()
+        )
+        out.print(f"lr schedule ({config.lr_schedule.kind}): {points}")
+    for title, rows in session.timeline():
+        table = Table(title=title, title_justify="left")
+        table.add_column("step", justify="right")
+        table.add_column("epoch", justify="right")
+        table.add_column("what")
+        for step, text in rows:
+            table.add_row(str(step), f"{clock.epoch_of(step):.2f}", text)
+        out.print(table)
+    if not session.modifiers:
+        out.print("no modifiers: the model is trained dense")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schema = build_recipe_model(default_plugins().registries).model_json_schema()
+    text = json.dumps(schema, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        out.print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    plugins = default_plugins()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "provides": plugins.registries.provided_by(info.name),
+        }
+        for info in plugins.infos.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="compressor plugins")
+    for column in ("plugin", "distribution", "version", "provides"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        provides = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()
+        )
+        table.add_row(row["name"], row["distribution"], row["version"], provides or "(hooks only)")
+    out.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compressor.train.restore import restore_run
+
+    registry = default_plugins().registries.exporters
+    try:
+        entry = registry.get(args.format)
+    except KeyError as exc:
+        raise CompressorError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
+    exporter = entry.cls(entry.config.model_validate({"format": args.format}))
+    run_dir = Path(args.run)
+    context = restore_run(run_dir)
+    target = Path(args.out) if args.out else run_dir / f"export-{args.format}{exporter.suffix}"
+    written = exporter.export(context, context.model, target)
+    out.print(f"wrote {written}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from compressor.study.report import render
+    from compressor.study.runner import run_study
+    from compressor.study.spec import adhoc_study, load_study
+
+    registries = default_plugins().registries
+    paths = list(args.files)
+    first = read_yaml(paths[0]).data
+    if len(paths) == 1 and isinstance(first, dict) and "recipes" in first:
+        study = load_study(paths[0], registries, seeds=args.seeds, overrides=args.set)
+    else:
+        study = adhoc_study(paths, registries, seeds=args.seeds or [0], overrides=args.set)
+    out_dir = Path(args.out) if args.out else Path("runs") / "studies" / study.name
+    out.print(
+        f"study '{study.name}': {len(study.labels)} method(s) × "
+        f"{len(study.trials) // max(len(study.labels), 1)} seed(s) = {len(study.trials)} runs "
+        f"→ {out_dir}"
+    )
+    store = run_study(study, out_dir, plugins=default_plugins(), progress=not args.quiet)
+    store.close()
+    render(out_dir, console=out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from compressor.study.report import render
+
+    render(args.study_dir, console=out)
+    return 0
+
+
+def with_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. train.epochs=2",
+    )
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The built-in commands, added like a plugin's ``register_commands``."""
+    p = sub.add_parser("run", help="train with a recipe and write a report")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="output folder (default runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    with_set(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check recipes; errors as file:line:col: path: message")
+    p.add_argument("recipes", nargs="+")
+    with_set(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("explain", help="show the resolved timeline of a recipe")
+    p.add_argument("recipe")
+    with_set(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of recipes (for editor completion)")
+    p.add_argument("--out", help="write to a file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list plugins, their versions and what they provide")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("export", help="export a finished run's model in a format a plugin provides")
+    p.add_argument("run", help="run folder (holds checkpoint.pt)")
+    p.add_argument(
+        "--format", required=True, help="an export format (compressor plugins lists them)"
+    )
+    p.add_argument("--out", help="file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "compare", help="compare recipes side by side (a study file, or several recipes)"
+    )
+    p.add_argument("files", nargs="+", metavar="STUDY_OR_RECIPES")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the study's, or 0)")
+    p.add_argument("--out", help="study folder (default runs/studies/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    with_set(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render a study's tables and plots from its store")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,52 @@
+"""Config types every plugin config builds on.
+
+Every type a recipe can name is a class with a nested pydantic ``Config`` (subclass of
+:class:`TypeConfig`) carrying a ``Literal`` tag field (``kind``, ``type``, ``name`` or
+``format``, as the base class's ``TAG`` says). The engine builds discriminated unions over all
+registered configs, so a third-party type validates exactly like a built-in one.
+
+A config field whose value is itself a registered type uses the ``*Spec`` aliases below
+(``operator: OperatorSpec``); the engine swaps in the union of all registered types at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from compressor.contract.selection import SelectionConfig
+
+
+class TypeConfig(BaseModel):
+    """Base of every plugin config: unknown keys are errors and configs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """Marks a config field whose value is any type registered under ``kind``."""
+
+    kind: str
+
+
+class OperatorConfig(TypeConfig, SelectionConfig):
+    """Base config of an operator: the tag plus which tensors it compresses."""
+
+
+def check_sparsity(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {value}")
+    return value
+
+
+Sparsity = Annotated[float, AfterValidator(check_sparsity)]
+"""A fraction of weights removed: 0 <= s < 1."""
+
+OperatorSpec = Annotated[OperatorConfig, RegistryRef("operators")]
+"""A config field holding any registered operator's config."""
+
+ScheduleSpec = Annotated[TypeConfig, RegistryRef("schedules")]
+"""A config field holding any registered schedule's config."""

@@ -1,0 +1,156 @@
+"""The plugin API: the one module a compressor plugin imports from.
+
+Everything a plugin may use is here, and nothing here changes without a deprecation period.
+The built-in plugins in ``compressor_plugins`` import only this module (a test checks it), so
+a third-party package can do everything they do::
+
+    from compressor.plugin_api import Operator, OperatorConfig, hookimpl
+
+Everything else under ``compressor`` is internal and may change between releases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from compressor.contract.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
+from compressor.contract.config import (
+    OperatorConfig,
+    OperatorSpec,
+    RegistryRef,
+    ScheduleSpec,
+    Sparsity,
+    TypeConfig,
+)
+from compressor.contract.context import CompressionContext, EvaluationContext, MaskStore, Metric
+from compressor.contract.data import (
+    DataInfo,
+    DatasetBuilder,
+    DatasetConfig,
+    DataSplits,
+    ModelBuilder,
+)
+from compressor.contract.errors import CompressorError, ConfigError, Loc, PluginError
+from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
+from compressor.contract.exporter import Exporter
+from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
+from compressor.contract.hookspecs import hookimpl
+from compressor.contract.modifier import Modifier
+from compressor.contract.operator import Operator
+from compressor.contract.optim import DelegatingOptimizer, params_with_grad
+from compressor.contract.optimizer import (
+    OptimizerConfig,
+    OptimizerFactory,
+    OptimizerWrapper,
+    TwoPassWrapper,
+)
+from compressor.contract.schedule import Schedule
+from compressor.contract.selection import (
+    ModuleKind,
+    SelectionConfig,
+    Target,
+    matches,
+    select,
+    select_targets,
+    sparsity_stats,
+)
+from compressor.contract.steps import StepClock, StepSpec, same_unit_order
+from compressor.contract.threads import torch_threads
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "Column",
+    "CompressionContext",
+    "CompressorError",
+    "ConfigError",
+    "Curve",
+    "CurvePoint",
+    "DataInfo",
+    "DataSplits",
+    "DatasetBuilder",
+    "DatasetConfig",
+    "DelegatingOptimizer",
+    "Evaluation",
+    "EvaluationContext",
+    "Evaluator",
+    "Exporter",
+    "Loc",
+    "MaskStore",
+    "Metric",
+    "ModelBuilder",
+    "Modifier",
+    "ModuleKind",
+    "Operator",
+    "OperatorConfig",
+    "OperatorSpec",
+    "OptimizerConfig",
+    "OptimizerFactory",
+    "OptimizerWrapper",
+    "PluginError",
+    "RegistryRef",
+    "Schedule",
+    "ScheduleSpec",
+    "SelectionConfig",
+    "Sparsity",
+    "StepClock",
+    "StepSpec",
+    "Target",
+    "TwoPassWrapper",
+    "TypeConfig",
+    "atomic_save",
+    "atomic_write_json",
+    "batchnorm_layers",
+    "build_model",
+    "freeze_bn_stats",
+    "hookimpl",
+    "load_checkpoint",
+    "matches",
+    "params_with_grad",
+    "recalibrate_bn",
+    "restore_run",
+    "same_unit_order",
+    "select",
+    "select_targets",
+    "sparsity_stats",
+    "torch_threads",
+    "validate_config",
+]
+
+
+def validate_config(config: type[BaseModel], data: Any, *, what: str = "options") -> Any:
+    """Validate ``data`` against a plugin's ``Config`` outside a recipe (e.g. CLI options),
+    with ``*Spec`` fields bound to every registered type; a clean CompressorError if wrong."""
+    from compressor.host.manager import default_plugins
+    from compressor.recipe.schema import resolved_config
+
+    schema = resolved_config(default_plugins().registries, config)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CompressorError(f"bad {what}: {problems}") from None
+
+
+def build_model(spec: dict[str, Any], info: DataInfo) -> nn.Module:
+    """Build a registered model from its recipe spec (``{"name": ..., ...}``) for ``info``."""
+    from compressor.host.manager import default_plugins
+
+    registry = default_plugins().registries.models
+    try:
+        entry = registry.get(str(spec.get("name")))
+    except KeyError as exc:
+        raise CompressorError(str(exc.args[0])) from None
+    return entry.cls(validate_config(entry.config, spec, what="model spec")).build(info)  # type: ignore[no-any-return]
+
+
+def restore_run(run_dir: str | Path) -> EvaluationContext:
+    """A finished run, rebuilt from its folder (recipe, weights, masks, data) for CLI commands
+    that evaluate or export it; its ``model`` holds the trained weights."""
+    from compressor.train.restore import restore_run as restore
+
+    return restore(run_dir)

@@ -1,0 +1,30 @@
+"""Rebuild a finished run from its folder: recipe, trained weights, session state, data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compressor.contract.errors import CompressorError
+from compressor.contract.files import load_checkpoint
+from compressor.host.manager import Plugins, default_plugins
+from compressor.recipe.schema import validate_source
+from compressor.recipe.source import Source
+from compressor.train.context import RunContext
+from compressor.train.loop import CHECKPOINT, prepare, run_context
+
+
+def restore_run(run_dir: str | Path, plugins: Plugins | None = None) -> RunContext:
+    """The run context of the finished run in ``run_dir`` (data built on first use)."""
+    plugins = plugins or default_plugins()
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise CompressorError(f"{path} not found: is {run_dir} a run folder?")
+    state = load_checkpoint(path)
+    recipe = validate_source(Source(str(path), state["recipe"]), plugins.registries)
+    prepared = prepare(recipe, plugins, with_data=False)
+    prepared.model.load_state_dict(state["model"])
+    prepared.session.optimizer()
+    prepared.session.load_state_dict(state["session"])
+    dataset = plugins.registries.datasets.build(recipe.config.data)
+    return run_context(recipe, prepared.session, dataset.build, plugins)
