@@ -37,6 +37,7 @@ from compressor.contract.errors import CompressorError, ConfigError, Loc, Plugin
 from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
 from compressor.contract.exporter import Exporter
 from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
+from compressor.contract.functional import dataset, model
 from compressor.contract.hookspecs import hookimpl
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
@@ -106,10 +107,12 @@ __all__ = [
     "atomic_write_json",
     "batchnorm_layers",
     "build_model",
+    "dataset",
     "freeze_bn_stats",
     "hookimpl",
     "load_checkpoint",
     "matches",
+    "model",
     "params_with_grad",
     "recalibrate_bn",
     "restore_run",

@@ -130,6 +130,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
         out.print(f"lr schedule ({config.lr_schedule.kind}): {points}")
     for title, rows in session.timeline():
+        if not rows:
+            out.print(f"{title}: acts every step, no scheduled events")
+            continue
         table = Table(title=title, title_justify="left")
         table.add_column("step", justify="right")
         table.add_column("epoch", justify="right")

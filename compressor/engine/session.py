@@ -204,7 +204,7 @@ class Session:
         self.step += 1
         self._update()
         if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
-            value = None if loss is None else float(loss)
+            value = None if loss is None else float(torch.as_tensor(loss).detach())
             self.plugins.hook.step_finished(context=self, step=self.step, loss=value)
 
     def _update(self) -> None:

@@ -42,7 +42,7 @@ class SAM(TwoPassWrapper):
         if self.config.adaptive:
             scaled = torch._foreach_mul(grads, torch._foreach_abs(params))
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
-            e = torch._foreach_mul(scaled, torch._foreach_abs(params))
+            e = list(torch._foreach_mul(scaled, torch._foreach_abs(params)))
         else:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             e = [g.clone() for g in grads]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,20 @@ def test_recipe_shown_in_readme_is_the_shipped_one() -> None:
     shipped = (ROOT / "recipes" / "gmp-mnist1d.yaml").read_text()
     body = "\n".join(line for line in shipped.splitlines() if not line.startswith("#"))
     assert shown.strip() == body.strip()
+
+
+def test_plugin_example_loads_and_its_model_trains(tmp_path: Path) -> None:
+    (code,) = [b for b in blocks("python") if "@model(" in b]
+    (tmp_path / "my_zoo.py").write_text(code)
+    (tmp_path / "r.yaml").write_text(
+        "name: r\nmodel: {name: tiny_mlp, hidden: 64}\n"
+        "data: {name: synthetic, samples: 64, test_samples: 16, features: 8, batch_size: 16}\n"
+        "train: {epochs: 1}\noptimizer: {name: sgd}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "compressor.cli", "--plugin", "my_zoo.py", "run", "r.yaml",
+         "--out", "run", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout

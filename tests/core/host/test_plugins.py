@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -165,3 +166,39 @@ def test_every_hookspec_is_documented() -> None:
         func = getattr(hookspecs, name)
         if callable(func) and hasattr(func, "compressor_spec"):
             assert func.__doc__ and len(func.__doc__.strip()) > 20, name
+
+
+def test_a_third_party_evaluator_appears_in_compare_with_no_core_change(
+    installed_plugin: dict[str, str], tmp_path: Path
+) -> None:
+    base = (
+        "name: {name}\nmodel: {{name: mlp, hidden: [8]}}\n"
+        "data: {{name: synthetic, samples: 32, test_samples: 16, features: 4, batch_size: 16}}\n"
+        "train: {{epochs: 1}}\noptimizer: {{name: sgd}}\n"
+    )
+    (tmp_path / "dense.yaml").write_text(base.format(name="dense"))
+    (tmp_path / "random.yaml").write_text(
+        base.format(name="random")
+        + "modifiers:\n  - {type: oneshot, sparsity: 0.75, operator: {kind: random}}\n"
+    )
+    (tmp_path / "study.yaml").write_text(
+        "name: third-party\nshared:\n  evaluate: {density: {}}\n"
+        "recipes: [dense.yaml, random.yaml]\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*COMPRESSOR, "compare", str(tmp_path / "study.yaml"), "--out", str(out), "--quiet"],
+        env=installed_plugin,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "density %" in result.stdout and "non-zero fraction" in result.stdout
+    with (out / "report.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    column = rows[0].index("density %")
+    assert [row[column] for row in rows[1:]] == ["100.00", "25.00"]
+    report = json.loads((out / "report.json").read_text())
+    random = next(m for m in report["methods"] if m["label"] == "random")
+    assert random["metrics"]["density:overall"]["mean"] == pytest.approx(0.25, abs=0.01)
+    assert (out / "density.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,140 @@
+"""The plugin contract: the core names no built-in, plugins use only the plugin API, old import
+paths still work, and every hook has an implementation that a test exercises."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from compressor import plugin_api
+from compressor.contract import hookspecs
+from compressor.host.manager import Plugins
+from tests.support import ROOT
+
+CORE = ROOT / "compressor"
+PLUGINS = ROOT / "plugins"
+MODULE_KINDS = {"linear", "conv", "embedding"}  # selection's module kinds, not operators
+
+
+def _string_literals(path: Path) -> set[str]:
+    """Every string constant in the module except docstrings."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    }
+
+
+def builtin_names(plugins: Plugins) -> set[str]:
+    names = {entry.name for registry in plugins.registries.all() for entry in registry}
+    return names - MODULE_KINDS
+
+
+def test_no_core_module_names_a_builtin_type(plugins: Plugins) -> None:
+    names = builtin_names(plugins)
+    assert {"magnitude", "nm", "oneshot", "realised", "sam", "cram", "gmp", "pruned"} <= names
+    found = {
+        str(path.relative_to(ROOT)): sorted(_string_literals(path) & names)
+        for path in CORE.rglob("*.py")
+    }
+    assert {path: hits for path, hits in found.items() if hits} == {}
+
+
+def test_builtin_plugins_import_only_the_plugin_api() -> None:
+    wrong = []
+    for path in PLUGINS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            for module in modules:
+                if module.split(".")[0] == "compressor" and module != "compressor.plugin_api":
+                    wrong.append(f"{path.relative_to(ROOT)}: {module}")
+    assert wrong == []
+
+
+def test_the_plugin_api_exports_what_it_declares() -> None:
+    missing = [name for name in plugin_api.__all__ if not hasattr(plugin_api, name)]
+    assert missing == []
+    assert {"Operator", "Evaluator", "Exporter", "CompressionContext", "hookimpl"} <= set(
+        plugin_api.__all__
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "name"),
+    [("compressor.interfaces", "Operator"), ("compressor.errors", "ConfigError"),
+     ("compressor.session", "Session"), ("compressor.checkpoint", "atomic_save")],
+)  # fmt: skip
+def test_old_import_paths_warn_and_still_work(old: str, name: str) -> None:
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert hasattr(module, name)
+    assert any(issubclass(w.category, DeprecationWarning) and old in str(w.message) for w in caught)
+
+
+def _implementations() -> dict[str, list[str]]:
+    """hook name -> the built-in or test plugin modules implementing it."""
+    sources = list(PLUGINS.rglob("*.py")) + list((ROOT / "tests" / "support").rglob("*.py"))
+    found: dict[str, list[str]] = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                isinstance(d, ast.Name) and d.id == "hookimpl" for d in node.decorator_list
+            ):
+                found.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_hook_has_an_implementation() -> None:
+    specs = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "compressor_spec")]
+    found = _implementations()
+    assert [spec for spec in specs if spec not in found] == []
+
+
+def test_observer_hooks_see_every_step_of_a_cli_run(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "name: tiny\nmodel: {name: mlp, hidden: [8]}\n"
+        "data: {name: synthetic, samples: 32, test_samples: 16, features: 4, batch_size: 16}\n"
+        "train: {epochs: 2}\noptimizer: {name: sgd}\n"
+        "modifiers:\n  - {type: gmp, schedule: {kind: linear, final: 0.5, end: 2}}\n"
+    )
+    events = tmp_path / "events.jsonl"
+    env = {**os.environ, "COMPRESSOR_TEST_EVENTS": str(events)}
+    command = [sys.executable, "-m", "compressor.cli", "--plugin",
+               str(ROOT / "tests" / "support" / "observers.py"), "run", str(recipe),
+               "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    assert rows[0] == {"event": "session_started", "step": 0, "total": 4}
+    steps = [r for r in rows if r["event"] == "step_finished"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(isinstance(r["loss"], float) for r in steps)
+    assert steps[0]["sparsity"] == pytest.approx(0.25, abs=0.02)
+    assert steps[-1]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert rows[-1] == {"event": "session_finished", "step": 4, "steps": 4}
