@@ -3,25 +3,116 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.support import ROOT
 
+# Local checkouts of the released SAM and CrAM code (bench/step_cost.py --sam-repo/--cram-repo).
+REFERENCE_ENV = {"sam": "COMPRESSOR_REF_SAM", "cram": "COMPRESSOR_REF_CRAM"}
+SKIP_LINE = "reference rows skipped (sam-ref, cram+-ref)"
 
-@pytest.mark.parametrize("script", ["mask_speed", "overhead", "step_cost"])
-def test_bench_smoke(script: str) -> None:
+
+def run_smoke(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{script}", "--smoke"],
+        [sys.executable, "-m", f"bench.{script}", "--smoke", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip()  # a table was printed
+    return result.stdout
+
+
+def env_without_references() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in REFERENCE_ENV.values():
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize("script", ["mask_speed", "overhead"])
+def test_bench_smoke(script: str) -> None:
+    run_smoke(script)
     if script == "mask_speed":
         data = json.loads((ROOT / "bench" / "results" / "mask_speed-smoke.json").read_text())
         assert data["exact"] is True
+
+
+def test_step_cost_smoke_without_references(tmp_path: Path) -> None:
+    """Without checkouts the compressor rows run and one line says how to add the references."""
+    output = tmp_path / "step_cost-smoke.json"
+    stdout = run_smoke("step_cost", "--output", str(output), env=env_without_references())
+    skip = [line for line in stdout.splitlines() if line.startswith("reference rows skipped")]
+    assert len(skip) == 1 and skip[0].startswith(SKIP_LINE)
+    assert "--sam-repo DIR" in skip[0] and "--cram-repo DIR" in skip[0]
+    assert "COMPRESSOR_REF_SAM" in skip[0] and "COMPRESSOR_REF_CRAM" in skip[0]
+    data = json.loads(output.read_text())
+    assert data["smoke"] is True
+    assert data["references"] == {}
+    assert data["references_skipped"] == ["sam-ref", "cram+-ref"]
+    assert data["equivalence_passed"] is None
+    assert [row["model"] for row in data["results"]] == ["mnist1d_cnn", "resnet20"]
+    for row in data["results"]:
+        for method in ("sgd", "sam", "cram+"):
+            assert row[method]["wall"]["median_s"] > 0
+        assert "sam-ref" not in row and "cram+-ref" not in row
+        assert row["vs_reference"] == {}
+        assert row["equivalence"] is None
+
+
+def test_step_cost_smoke_with_references(tmp_path: Path) -> None:
+    """With the released code checked out (COMPRESSOR_REF_SAM, COMPRESSOR_REF_CRAM) the
+    references are timed, and one step of each equals compressor's."""
+    dirs = {key: os.environ.get(name, "") for key, name in REFERENCE_ENV.items()}
+    absent = [REFERENCE_ENV[k] for k, d in dirs.items() if not d or not Path(d).is_dir()]
+    if absent:
+        pytest.skip(
+            f"{' and '.join(absent)} not set to a directory: point COMPRESSOR_REF_SAM at a"
+            " checkout of https://github.com/davda54/sam and COMPRESSOR_REF_CRAM at one of"
+            " https://github.com/IST-DASLab/CrAM"
+        )
+    output = tmp_path / "step_cost-smoke.json"
+    stdout = run_smoke("step_cost", "--output", str(output))
+    assert "reference rows skipped" not in stdout
+    check_step_cost(json.loads(output.read_text()), dirs)
+
+
+def check_step_cost(data: dict, dirs: dict[str, str]) -> None:
+    """Reference steppers timed, ratios to them reported, and their updates equal compressor's."""
+    assert data["smoke"] is True
+    assert data["equivalence_passed"] is True
+    assert data["references_skipped"] == []
+    assert set(data["references"]) == {"sam-ref", "cram+-ref"}
+    for name, key in (("sam-ref", "sam"), ("cram+-ref", "cram")):
+        ref = data["references"][name]
+        assert ref["path"] == str(Path(dirs[key]).expanduser().resolve())
+        assert len(ref["tested_commit"]) == 40
+        assert ref["files_sha256"] and all(len(h) == 64 for h in ref["files_sha256"].values())
+    assert [row["model"] for row in data["results"]] == ["mnist1d_cnn", "resnet20"]
+    for row in data["results"]:
+        for method in ("sgd", "sam", "cram+", "sam-ref", "cram+-ref"):
+            assert row[method]["wall"]["median_s"] > 0
+        assert set(row["vs_reference"]) == {"sam", "cram+"}
+        for method, ref in (("sam", "sam-ref"), ("cram+", "cram+-ref")):
+            pair = row["vs_reference"][method]
+            assert pair["reference"] == ref
+            for clock in ("wall", "cpu"):
+                r = pair[clock]
+                assert 0 < r["ratio_min"] <= r["ratio_median"] <= r["ratio_max"]
+        eq = row["equivalence"]
+        assert eq["passed"] is True
+        assert eq["sam"]["equal"] is True and eq["sam"]["max_abs_diff"] <= 1e-6
+        cram = eq["cram+"]
+        assert cram["equal"] is True and cram["max_abs_diff"] <= 1e-6
+        assert cram["kept_compressor"] == cram["kept_reference"] and cram["mask_differences"] == 0
+        # at the timed sparsities the release keeps at most one weight fewer (documented)
+        for timed in eq["cram+_timed_sparsities"]:
+            assert 0 <= timed["kept_compressor"] - timed["kept_reference"] <= 1
