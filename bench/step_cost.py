@@ -729,8 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     batch = 8 if smoke else 128
     settings = {
-        "mnist1d_cnn": dict(rounds=args.rounds or (2 if smoke else 30), steps=1 if smoke else 5),
-        "resnet20": dict(rounds=args.rounds or (2 if smoke else 15), steps=1),
+        "mnist1d_cnn": dict(rounds=args.rounds or (2 if smoke else 60), steps=1 if smoke else 10),
+        "resnet20": dict(rounds=args.rounds or (2 if smoke else 30), steps=1),
     }
     models = {
         "mnist1d_cnn": (lambda: MNIST1DCNN(40, 10, 8 if smoke else 64), (40,)),

@@ -113,8 +113,9 @@ class CrAM(TwoPassWrapper):
         return [p for p in self._target_params if id(p) not in seen]
 
     def perturb(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """``w' = w + rho·g`` (no normalisation), then ``w~ = C(w')`` and ``M``."""
-        torch._foreach_add_(params, grads, alpha=float(self.config.rho))
+        """``w' = w + rho·g`` (no normalisation), then ``w~ = C(w')`` and ``M``. ``rho·g`` is
+        rounded before the add, as the released code does (a fused add rounds differently)."""
+        torch._foreach_add_(params, torch._foreach_mul(grads, float(self.config.rho)))
         self._compress()
 
     def combine(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
