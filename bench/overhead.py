@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from bench.common import summary, write_result
 from compressor.host.manager import load_plugins
 from compressor.recipe.schema import recipe_from_text
-from compressor.train.loop import epoch_order, run
+from compressor.train.batches import epoch_order
+from compressor.train.loop import run
 from compressor_plugins.zoo.datasets import MNIST1D
 from compressor_plugins.zoo.models import MNIST1DCNN
 

@@ -27,6 +27,7 @@ from compressor.contract.config import (
 )
 from compressor.contract.context import CompressionContext, EvaluationContext, MaskStore, Metric
 from compressor.contract.data import (
+    Data,
     DataInfo,
     DatasetBuilder,
     DatasetConfig,
@@ -59,6 +60,7 @@ from compressor.contract.selection import (
     sparsity_stats,
 )
 from compressor.contract.steps import StepClock, StepSpec, same_unit_order
+from compressor.contract.task import Task, call_model, logits_of, to_device
 from compressor.contract.threads import torch_threads
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ __all__ = [
     "ConfigError",
     "Curve",
     "CurvePoint",
+    "Data",
     "DataInfo",
     "DataSplits",
     "DatasetBuilder",
@@ -101,16 +104,19 @@ __all__ = [
     "StepClock",
     "StepSpec",
     "Target",
+    "Task",
     "TwoPassWrapper",
     "TypeConfig",
     "atomic_save",
     "atomic_write_json",
     "batchnorm_layers",
     "build_model",
+    "call_model",
     "dataset",
     "freeze_bn_stats",
     "hookimpl",
     "load_checkpoint",
+    "logits_of",
     "matches",
     "model",
     "params_with_grad",
@@ -120,6 +126,7 @@ __all__ = [
     "select",
     "select_targets",
     "sparsity_stats",
+    "to_device",
     "torch_threads",
     "validate_config",
 ]

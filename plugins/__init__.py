@@ -9,7 +9,7 @@ loads them by these names and never imports them itself. Families:
 * ``optim`` — sgd/adamw, schedules, SAM, CrAM;      * ``prune`` — magnitude, GMP, one-shot;
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
-* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models and datasets.
+* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks.
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -26,6 +26,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.blocks.admm",
     "compressor_plugins.zoo.models",
     "compressor_plugins.zoo.datasets",
+    "compressor_plugins.zoo.tasks",
     "compressor_plugins.export.state_dict",
     "compressor_plugins.optim.sam",
     "compressor_plugins.optim.cram",

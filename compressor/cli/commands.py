@@ -60,7 +60,11 @@ def show_report(report: dict[str, Any], out_dir: Path) -> None:
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("test accuracy", f"{100 * report['metrics']['test_accuracy']:.2f}%")
+    metric = report.get("metric") or {"name": "accuracy", "title": "test accuracy", "percent": True}
+    value = report["metrics"][f"test_{metric['name']}"]
+    table.add_row(
+        metric["title"], f"{100 * value:.2f}%" if metric.get("percent") else f"{value:.4g}"
+    )
     sparsity = report["sparsity"]
     table.add_row(
         "sparsity (eligible weights)",

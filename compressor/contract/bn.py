@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,34 +66,34 @@ def freeze_bn_stats(model: nn.Module, *, layers: list[_BatchNorm] | None = None)
 @torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
-    x: torch.Tensor,
+    batches: Iterable[Any],
     *,
-    batches: int = 100,
-    batch_size: int = 128,
-    generator: torch.Generator,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> nn.Module:
-    """Re-estimate BN running statistics on ``x``, then leave ``model`` in eval mode.
+    """Re-estimate BN running statistics from ``batches`` of model inputs, then leave
+    ``model`` in eval mode.
 
-    METHODS.md §6: reset running statistics, momentum 0.1, train mode, no grad, ``batches``
-    forward passes on batches of ``batch_size`` samples drawn without replacement (within a
-    batch) from ``x`` with ``generator``, then ``eval()``. Weights are never touched; each
-    layer's original momentum is restored.
+    METHODS.md §6: reset running statistics, momentum 0.1, train mode, no grad, one forward
+    pass per batch (``forward(model, inputs)``, default ``model(inputs)``), then ``eval()``.
+    Weights are never touched; each layer's original momentum is restored. With no BN layer
+    (or no batch) the model is only put in eval mode.
     """
     layers = [layer for layer in batchnorm_layers(model) if layer.track_running_stats]
-    if not layers or batches <= 0:
+    if not layers:
         model.eval()
         return model
     momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = 0.1
-    device = next((p.device for p in model.parameters()), x.device)
-    size = min(batch_size, x.shape[0])
+    call = forward or (lambda m, inputs: m(inputs))
     model.train()
     try:
-        for _ in range(batches):
-            index = torch.randperm(x.shape[0], generator=generator)[:size]
-            model(x[index].to(device))
+        started = False
+        for inputs in batches:
+            if not started:  # reset only once there is something to re-estimate from
+                for layer in layers:
+                    layer.reset_running_stats()
+                    layer.momentum = 0.1
+                started = True
+            call(model, inputs)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

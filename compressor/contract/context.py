@@ -82,6 +82,10 @@ class CompressionContext(Protocol):
     def sparsity(self) -> dict[str, Any]:
         """Exact zeros over the eligible weights: ``global``, ``zeros``, ``eligible``, per layer."""
 
+    def example_inputs(self, batch: int = 1) -> Any:
+        """Model inputs for tracing (real ones from the data when the loop has them; token ids
+        for language models), or None when the run has none."""
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -101,13 +105,18 @@ class EvaluationContext(CompressionContext, Protocol):
         """The headline metric; :meth:`measure` returns it under ``metric.name``."""
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        """Test-set metrics of ``model`` (any model, e.g. a compressed copy), in eval mode."""
+        """Test-set metrics of ``model`` (any model, e.g. a compressed copy), in eval mode,
+        keyed by the task's metric names (``metric.name`` among them)."""
 
-    def calibration_inputs(self, samples: int, seed: int) -> torch.Tensor:
-        """A fixed subset of ``samples`` training inputs drawn with ``seed``."""
+    def calibration_batches(
+        self, samples: int, seed: int, batches: int, batch_size: int
+    ) -> Iterator[Any]:
+        """``batches`` batches of model inputs, each ``batch_size`` samples drawn (without
+        replacement within a batch) from a fixed subset of ``samples`` training samples chosen
+        with ``seed`` — evaluation transforms, on the model's device."""
 
-    def example_inputs(self, batch: int) -> torch.Tensor:
-        """``batch`` real inputs from the test set (for tracing and timing), on the CPU."""
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """Call ``model`` on inputs as the task does (keyword arguments for a mapping)."""
 
     @property
     def model_spec(self) -> dict[str, Any] | None:

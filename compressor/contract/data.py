@@ -1,28 +1,63 @@
-"""Named model and dataset builders for ``compressor run``."""
+"""Data and models for ``compressor run``: named builders, and what a dataset builder returns.
+
+A dataset builder returns either :class:`Data` — ``torch.utils.data.Dataset`` objects that the
+built-in loop reads through a ``DataLoader`` (workers, pinned memory, any size) — or
+:class:`DataSplits`, in-memory tensors batched by indexing (the fast path for small data).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from compressor.contract.config import TypeConfig
 
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a model builder needs to know about the data."""
+    """What a model builder needs to know about the data.
+
+    ``num_classes`` is the vocabulary size for token data; ``input_dtype`` is ``torch.int64``
+    for token ids, so example inputs (tracing, latency) are real token ids, not floats.
+    """
 
     input_shape: tuple[int, ...]
     num_classes: int
+    input_dtype: torch.dtype = torch.float32
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        """A zero input batch of the data's shape and dtype (token id 0 for token data)."""
+        return torch.zeros(batch, *self.input_shape, dtype=self.input_dtype)
+
+
+@dataclass(frozen=True)
+class Data:
+    """Datasets for training, testing and calibration.
+
+    ``calibration`` holds training samples as evaluation sees them (no augmentation), for BN
+    re-calibration and data-aware compression; by default the training set itself.
+    ``collate`` is the DataLoader's ``collate_fn`` (default: torch's).
+    """
+
+    train: Dataset[Any]
+    test: Dataset[Any]
+    info: DataInfo
+    calibration: Dataset[Any] | None = None
+    collate: Callable[[list[Any]], Any] | None = None
+
+    def calibration_set(self) -> Dataset[Any]:
+        return self.train if self.calibration is None else self.calibration
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    """In-memory tensors: fast batching without DataLoader overhead for small data."""
+    """In-memory tensors: batched by indexing, without DataLoader overhead (small data)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -30,17 +65,46 @@ class DataSplits:
     test_y: torch.Tensor
     info: DataInfo
 
+    @property
+    def train(self) -> TensorDataset:
+        return TensorDataset(self.train_x, self.train_y)
+
+    @property
+    def test(self) -> TensorDataset:
+        return TensorDataset(self.test_x, self.test_y)
+
+    def calibration_set(self) -> TensorDataset:
+        return self.train
+
+    def to(self, device: str | torch.device) -> DataSplits:
+        return DataSplits(
+            self.train_x.to(device),
+            self.train_y.to(device),
+            self.test_x.to(device),
+            self.test_y.to(device),
+            self.info,
+        )
+
 
 class DatasetConfig(TypeConfig):
-    """Shared fields of datasets."""
+    """Shared fields of datasets: batching and how the DataLoader reads them."""
 
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(1024, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in-process)")
+    pin_memory: bool = Field(False, description="page-locked host memory for faster GPU copies")
+    drop_last: bool = Field(False, description="drop the last, smaller training batch of an epoch")
+    persistent_workers: bool = Field(True, description="keep workers alive between epochs")
+    prefetch_factor: int | None = Field(None, gt=0, description="batches loaded ahead per worker")
 
 
 class DatasetBuilder:
+    """Builds a run's data from its config. ``default_task`` names the task a recipe gets
+    when it has no ``task:`` section (a dataset knows what its labels mean)."""
+
     TAG: ClassVar[str] = "name"
     Config: ClassVar[type[DatasetConfig]] = DatasetConfig
+    default_task: ClassVar[str | None] = None
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -53,7 +117,7 @@ class DatasetBuilder:
         """Input shape and class count, known without building."""
         raise NotImplementedError
 
-    def build(self) -> DataSplits:
+    def build(self) -> Data | DataSplits:
         raise NotImplementedError
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from compressor.contract.config import TypeConfig
 from compressor.contract.data import (
+    Data,
     DataInfo,
     DatasetBuilder,
     DatasetConfig,
@@ -72,13 +73,16 @@ def model(name: str) -> Callable[[Callable[..., nn.Module]], type[ModelBuilder]]
     return wrap
 
 
-def dataset(name: str) -> Callable[[Callable[..., DataSplits]], type[DatasetBuilder]]:
-    """Turn ``fn(**options) -> DataSplits`` into a dataset builder named ``name``; the recipe
-    may also set ``batch_size`` and ``eval_batch_size``. The data is built once per builder
-    (sizes and shapes are read from it), so keep such data sets small."""
+def dataset(
+    name: str, *, task: str | None = None
+) -> Callable[[Callable[..., DataSplits | Data]], type[DatasetBuilder]]:
+    """Turn ``fn(**options) -> DataSplits | Data`` into a dataset builder named ``name``,
+    whose recipes default to ``task`` (e.g. ``"classification"``); the recipe may also set
+    ``batch_size``, ``num_workers`` and the other loader fields. The data is built once per
+    builder (sizes and shapes are read from it), so keep such data sets small."""
 
-    def wrap(fn: Callable[..., DataSplits]) -> type[DatasetBuilder]:
-        def build(self: DatasetBuilder) -> DataSplits:
+    def wrap(fn: Callable[..., DataSplits | Data]) -> type[DatasetBuilder]:
+        def build(self: DatasetBuilder) -> DataSplits | Data:
             cached = getattr(self, "_splits", None)
             if cached is None:
                 cached = fn(**_arguments(self.config, fn, 0))
@@ -86,13 +90,16 @@ def dataset(name: str) -> Callable[[Callable[..., DataSplits]], type[DatasetBuil
             return cached
 
         def train_size(self: DatasetBuilder) -> int:
-            return int(build(self).train_x.shape[0])
+            built = build(self)
+            if isinstance(built, DataSplits):
+                return int(built.train_x.shape[0])
+            return len(built.train)  # type: ignore[arg-type]
 
         def info(self: DatasetBuilder) -> DataInfo:
             return build(self).info
 
         namespace = {"Config": _config(fn, name, DatasetConfig, 0), "build": build,
-                     "train_size": train_size, "info": info,
+                     "train_size": train_size, "info": info, "default_task": task,
                      "__doc__": fn.__doc__, "__module__": fn.__module__}  # fmt: skip
         return type(fn.__name__, (DatasetBuilder,), namespace)
 

@@ -90,6 +90,15 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_tasks(register: Register) -> None:
+    """Register tasks: what a batch means, the training loss and the reported metrics.
+
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Task`; its
+        ``Config`` has a ``name: Literal[...]`` tag (``task: {name: ...}`` in a recipe).
+    """
+
+
+@hookspec
 def register_evaluators(register: Register) -> None:
     """Register configurable evaluators, keyed by name under a recipe's ``evaluate:`` section.
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from compressor.contract.config import OperatorConfig
+from compressor.contract.context import CompressionContext
 from compressor.contract.errors import ConfigError, Loc
 from compressor.contract.selection import Target
 
@@ -29,8 +30,11 @@ class Operator:
         self.config = config
         self.targets: list[Target] = []
 
-    def bind(self, model: nn.Module, targets: list[Target]) -> None:
-        """Called once with the model and the tensors selected by the config."""
+    def bind(
+        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
+    ) -> None:
+        """Called once with the model, the tensors selected by the config and the run's
+        context (None outside a run, e.g. in tests)."""
         self.targets = targets
 
     def fixed_sparsity(self) -> float | None:

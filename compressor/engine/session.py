@@ -27,45 +27,51 @@ from torch import nn
 from compressor.contract.errors import ConfigError, Loc
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
-from compressor.contract.optim import DelegatingOptimizer
+from compressor.contract.optim import DelegatingOptimizer, params_with_grad
 from compressor.contract.schedule import Schedule
 from compressor.contract.selection import select, select_targets, sparsity_stats
 from compressor.contract.steps import StepClock
 from compressor.engine.masks import MaskSet
+from compressor.engine.precision import LossScaler, StepGuard
 from compressor.host.manager import Plugins, default_plugins
 from compressor.recipe.schema import Recipe
 
 
 class SessionOptimizer(DelegatingOptimizer):
-    """The optimizer users get: masks gradients after every backward pass and weights after
-    every step, then lets modifiers re-impose structure."""
+    """The optimizer users get: after every backward pass it unscales (fp16) and masks the
+    gradients, after every step it masks the weights and lets modifiers re-impose structure."""
 
     def __init__(self, inner: torch.optim.Optimizer, session: Session) -> None:
         super().__init__(inner)
         self.session = session
         # train.grad_clip: per backward pass, after masking (pruned gradients never count)
         self.grad_clip: float | None = session.recipe.config.train.grad_clip
+        self.skipped = False
+        """Whether the last step was skipped (an fp16 overflow in one of its passes)."""
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         self.session.begin()
-        masks = self.session.masks
+        masks, scaler = self.session.masks, self.session.scaler
         if closure is None:
-            if isinstance(self.base, DelegatingOptimizer):
+            if isinstance(self.base, DelegatingOptimizer) and not isinstance(self.base, StepGuard):
                 raise TypeError(
                     f"{type(self.base).__name__} needs a closure: call optimizer.step(closure)"
                 )
+            scaler.unscale(params_with_grad(self.base))
             masks.mask_grads()
             loss = self.base.step()
         else:
 
             def masked_closure() -> Any:
                 loss = closure()
+                scaler.unscale(params_with_grad(self.base))
                 masks.mask_grads()
                 if self.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.session.model.parameters(), self.grad_clip)
                 return loss
 
             loss = self.base.step(masked_closure)
+        self.skipped = scaler.end_step()
         masks.apply()
         for modifier in self.session.modifiers:
             modifier.after_optimizer_step(self.session)
@@ -87,7 +93,12 @@ class Session:
         steps_per_epoch: int,
         total_steps: int | None = None,
         plugins: Plugins | None = None,
+        example_inputs: Callable[[int], Any] | None = None,
     ) -> None:
+        """``steps_per_epoch`` counts optimizer steps (with ``train.accumulate: K``, the
+        loader's length divided by K, rounded up). ``example_inputs(batch)`` gives inputs for
+        tracing the model (the channel operator needs them); the built-in loop passes real
+        ones."""
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be positive")
         self.plugins = plugins or default_plugins()
@@ -99,6 +110,8 @@ class Session:
         self.step = 0
         self.generator = torch.Generator().manual_seed(train.seed)
         self.masks = MaskSet(model)
+        self.scaler = LossScaler(train.precision == "fp16")
+        self._example_inputs = example_inputs
         self.optimizer_: SessionOptimizer | None = None
         self.lr_schedule: Schedule | None = None
         if recipe.config.lr_schedule is not None:
@@ -135,7 +148,7 @@ class Session:
                 "selects no tensors in this model (check modules/include/exclude)", at
             )
         try:
-            operator.bind(model, targets)
+            operator.bind(model, targets, self)
         except ConfigError as exc:
             raise ConfigError(exc.message, (*at, *exc.loc)) from None
         return operator
@@ -169,13 +182,24 @@ class Session:
         for group in base.param_groups:
             group.setdefault("initial_lr", group["lr"])
         inner: torch.optim.Optimizer = base
+        if self.scaler.enabled:  # an overflow in any pass skips the base optimizer's update
+            inner = StepGuard(base, lambda: self.scaler.found_inf)
         if config.wrapper is not None:
             inner = self._located(
-                ("wrapper",), self.registries.wrappers.build, config.wrapper, base, self
+                ("wrapper",), self.registries.wrappers.build, config.wrapper, inner, self
             )
         self.optimizer_ = SessionOptimizer(inner, self)
         self._apply_lr()
         return self.optimizer_
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call ``backward()`` on: scaled for fp16 (``train.precision``), else as
+        it is. The session unscales the gradients after every backward pass itself."""
+        return self.scaler.scale_loss(loss)
+
+    def example_inputs(self, batch: int = 1) -> Any:
+        """Inputs for tracing the model, or None when the session was given none."""
+        return None if self._example_inputs is None else self._example_inputs(batch)
 
     def penalty(self) -> torch.Tensor | float:
         """Extra loss terms from modifiers (ADMM), or 0.0."""
@@ -202,7 +226,10 @@ class Session:
         """Call once after every optimizer step."""
         self.begin()
         self.step += 1
-        self._update()
+        if self.optimizer_ is not None and self.optimizer_.skipped:
+            self._apply_lr()  # a skipped step (fp16 overflow) makes no compression update
+        else:
+            self._update()
         if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
             value = None if loss is None else float(torch.as_tensor(loss).detach())
             self.plugins.hook.step_finished(context=self, step=self.step, loss=value)
@@ -258,6 +285,7 @@ class Session:
             "masks": self.masks.state_dict(),
             "modifiers": [m.state_dict() for m in self.modifiers],
             "optimizer": self.optimizer_.state_dict() if self.optimizer_ is not None else None,
+            "scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -270,6 +298,8 @@ class Session:
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.masks.load_state_dict(state["masks"])
+        if state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         for modifier, modifier_state in zip(self.modifiers, state["modifiers"], strict=True):
             modifier.load_state_dict(modifier_state)
         if state.get("optimizer") is not None:

@@ -18,6 +18,7 @@ from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optimizer import OptimizerFactory, OptimizerWrapper
 from compressor.contract.schedule import Schedule
+from compressor.contract.task import Task
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Registries:
         self.modifiers = Registry("modifiers", Modifier, "modifier type")
         self.models = Registry("models", ModelBuilder, "model")
         self.datasets = Registry("datasets", DatasetBuilder, "dataset")
+        self.tasks = Registry("tasks", Task, "task")
         self.evaluators = Registry("evaluators", Evaluator, "evaluator")
         self.exporters = Registry("exporters", Exporter, "export format")
         self.plugins: list[PluginInfo] = []
@@ -116,6 +118,7 @@ class Registries:
             self.modifiers,
             self.models,
             self.datasets,
+            self.tasks,
             self.evaluators,
             self.exporters,
         ]
@@ -144,6 +147,7 @@ class Registries:
             "register_modifiers": [self.modifiers],
             "register_models": [self.models],
             "register_datasets": [self.datasets],
+            "register_tasks": [self.tasks],
             "register_evaluators": [self.evaluators],
             "register_exporters": [self.exporters],
         }

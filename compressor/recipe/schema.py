@@ -48,6 +48,12 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype; fp16 adds dynamic loss scaling"
+    )
+    accumulate: int = Field(
+        1, gt=0, description="micro-batches per optimizer step (gradient accumulation)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -214,8 +220,9 @@ def build_recipe_model(registries: Registries) -> type[BaseModel]:
         "version": (Literal[1], 1),
         "name": (str, ...),
         "description": (str, ""),
-        "model": (union("models"), ...),
-        "data": (union("datasets"), ...),
+        "model": (union("models") | None, None),
+        "data": (union("datasets") | None, None),
+        "task": (union("tasks") | None, None),
         "train": (TrainConfig, TrainConfig()),
         "optimizer": (union("optimizers"), ...),
         "lr_schedule": (union("schedules") | None, None),
@@ -310,6 +317,7 @@ _SECTION_NOUNS = {
     "wrapper": "optimizer wrapper",
     "model": "model",
     "data": "dataset",
+    "task": "task",
     "lr_schedule": "schedule kind",
 }
 

@@ -21,18 +21,22 @@ from compressor.train.loop import CHECKPOINT, resume_key, run
 from compressor.train.progress import console
 
 
+def headline(report: dict[str, Any]) -> str:
+    """The stored name of the run's headline metric (``test_accuracy``, ``test_perplexity``)."""
+    return f"test_{report.get('metric', {}).get('name', 'accuracy')}"
+
+
 def training_points(report: dict[str, Any]) -> list[Point]:
-    return [(row["epoch"], row["test_accuracy"], "", "line") for row in report.get("history", [])]
+    key = headline(report)
+    return [(row["epoch"], row[key], "", "line") for row in report.get("history", []) if key in row]
 
 
 def metrics_of(report: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics stored per run: the run's own, then each evaluator's as
-    ``<evaluator>:<metric>`` (only what the evaluator declared)."""
-    metrics = {
-        "test_accuracy": float(report["metrics"]["test_accuracy"]),
-        "sparsity": float(report["sparsity"]["global"]),
-        "train_time_s": float(report.get("train_time_s", math.nan)),
-    }
+    """Scalar metrics stored per run: the run's own (every ``test_*`` metric, sparsity, train
+    time), then each evaluator's as ``<evaluator>:<metric>`` (only what it declared)."""
+    metrics = {k: float(v) for k, v in report["metrics"].items()}
+    metrics["sparsity"] = float(report["sparsity"]["global"])
+    metrics["train_time_s"] = float(report.get("train_time_s", math.nan))
     for name, result in report.get("evaluations", {}).items():
         for metric, value in Evaluation.from_dict(result).metrics.items():
             metrics[f"{name}:{metric}"] = value

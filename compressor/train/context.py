@@ -1,50 +1,49 @@
-"""The evaluation context of a run of the built-in loop: its session plus its data."""
+"""The evaluation context of a run of the built-in loop: its session, task and data."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from compressor.contract.context import Metric
-from compressor.contract.data import DataInfo, DataSplits
+from compressor.contract.data import DataInfo
 from compressor.contract.errors import Loc
 from compressor.contract.operator import Operator
 from compressor.contract.schedule import Schedule
+from compressor.contract.task import Task, call_model, to_device
 from compressor.engine.masks import MaskSet
 from compressor.engine.session import Session
-from compressor.train.metrics import accuracy
-
-ACCURACY = Metric("accuracy", "test accuracy", higher_is_better=True, percent=True)
+from compressor.train.batches import Batches
 
 
 class RunContext:
     """Implements :class:`~compressor.contract.context.EvaluationContext` for a run: the
-    session's compression context plus test metrics and data. The data is built on first use,
-    so exporting a finished run never generates a dataset it does not need."""
+    session's compression context plus the task's metrics and the data. The data is built on
+    first use, so exporting a finished run never generates a dataset it does not need."""
 
     def __init__(
         self,
         session: Session,
-        data: DataSplits | Callable[[], DataSplits],
+        task: Task,
+        batches: Batches | Callable[[], Batches],
         *,
-        eval_batch_size: int = 1024,
         model_spec: dict[str, Any] | None = None,
         data_info: DataInfo | None = None,
     ) -> None:
         self.session = session
-        self._data = data
-        self.eval_batch_size = eval_batch_size
+        self.task = task
+        self._batches = batches
         self._model_spec = model_spec
         self._data_info = data_info
 
     @property
-    def data(self) -> DataSplits:
-        if callable(self._data):
-            self._data = self._data()
-        return self._data
+    def batches(self) -> Batches:
+        if callable(self._batches):
+            self._batches = self._batches()
+        return self._batches
 
     # -- the compression context (the session's) ---------------------------------------------
 
@@ -86,21 +85,26 @@ class RunContext:
 
     @property
     def metric(self) -> Metric:
-        return ACCURACY
+        return self.task.metric
+
+    def _device(self, model: nn.Module) -> torch.device:
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        data = self.data
-        acc, loss = accuracy(model, data.test_x, data.test_y, self.eval_batch_size)
-        return {"accuracy": acc, "loss": loss}
+        return self.task.evaluate(model, self.batches.test(), self._device(model))
 
-    def calibration_inputs(self, samples: int, seed: int) -> torch.Tensor:
-        x = self.data.train_x
-        generator = torch.Generator().manual_seed(seed)
-        return x[torch.randperm(x.shape[0], generator=generator)[: min(samples, x.shape[0])]]
+    def calibration_batches(
+        self, samples: int, seed: int, batches: int, batch_size: int
+    ) -> Iterator[Any]:
+        device = self._device(self.model)
+        for batch in self.batches.calibration(samples, seed, batches, batch_size):
+            yield to_device(self.task.inputs(batch), device)
 
-    def example_inputs(self, batch: int) -> torch.Tensor:
-        x = self.data.test_x
-        return x[torch.arange(batch) % x.shape[0]].cpu()
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        return call_model(model, inputs)
+
+    def example_inputs(self, batch: int = 1) -> Any:
+        return to_device(self.task.inputs(self.batches.example(batch)), "cpu")
 
     @property
     def model_spec(self) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from compressor.host.manager import Plugins, default_plugins
 from compressor.recipe.schema import validate_source
 from compressor.recipe.source import Source
 from compressor.train.context import RunContext
-from compressor.train.loop import CHECKPOINT, prepare, run_context
+from compressor.train.loop import CHECKPOINT, prepare
 
 
 def restore_run(run_dir: str | Path, plugins: Plugins | None = None) -> RunContext:
@@ -26,5 +26,4 @@ def restore_run(run_dir: str | Path, plugins: Plugins | None = None) -> RunConte
     prepared.model.load_state_dict(state["model"])
     prepared.session.optimizer()
     prepared.session.load_state_dict(state["session"])
-    dataset = plugins.registries.datasets.build(recipe.config.data)
-    return run_context(recipe, prepared.session, dataset.build, plugins)
+    return prepared.context

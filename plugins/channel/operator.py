@@ -38,6 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from compressor.plugin_api import (
+    CompressionContext,
     ConfigError,
     Operator,
     OperatorConfig,
@@ -64,6 +65,24 @@ def keep_channels(size: int, sparsity: float, round_to: int) -> int:
     return min(size, max(keep, round_to, 1))
 
 
+def refuse_attention(model: nn.Module) -> None:
+    """Attention layers would need their heads pruned as units, which this operator does not
+    do: refuse them by name rather than produce an inconsistent model."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, nn.MultiheadAttention) or kind.endswith(
+            ("Attention", "SdpaAttention")
+        ):
+            raise ConfigError(
+                f"channel pruning does not prune attention heads, and '{name}' is an attention "
+                f"layer ({kind}): use an unstructured, N:M or block operator for this model"
+            )
+        if kind == "Conv1D" and hasattr(module, "nf"):  # Hugging Face's transposed linear
+            raise ConfigError(
+                f"channel pruning does not support Hugging Face Conv1D layers ('{name}')"
+            )
+
+
 class Channel(Operator):
     class Config(OperatorConfig):
         kind: Literal["channel"]
@@ -82,12 +101,17 @@ class Channel(Operator):
         self._params: dict[str, nn.Parameter] = {}
         self._warned = False
 
-    def bind(self, model: nn.Module, targets: list[Target]) -> None:
-        """Trace the dependency graph once and tabulate the coupled groups."""
-        super().bind(model, targets)
+    def bind(
+        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
+    ) -> None:
+        """Trace the dependency graph once (with the run's example inputs when it has them,
+        so token models get token ids) and tabulate the coupled groups."""
+        super().bind(model, targets, context)
+        refuse_attention(model)
         shape = self.config.example_input_shape
+        given = context.example_inputs(1) if context is not None and shape is None else None
         try:
-            x = example_input(model, shape)
+            x = given if isinstance(given, torch.Tensor) else example_input(model, shape)
         except ValueError as exc:
             raise ConfigError(str(exc), ("example_input_shape",)) from None
         target_modules = {t.module for t in targets}

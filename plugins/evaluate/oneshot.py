@@ -95,16 +95,13 @@ class OneShotEval(Evaluator):
             self._levels(context.build_operator(config, at=loc))
 
     def run(self, context: EvaluationContext, model: nn.Module) -> Evaluation:
-        c = self.config
-        recal = c.bn_recalibration
-        calibration = context.calibration_inputs(recal.calibration_samples, recal.seed)
         dense = context.measure(model)
         trained_sparsity = float(context.sparsity()["global"])
         results = []
         for config, loc in self._operators():
             operator = context.build_operator(config, at=loc, model=model)
             for sparsity in self._levels(operator):
-                results.append(self._one(context, config, loc, sparsity, model, calibration))
+                results.append(self._one(context, config, loc, sparsity, model))
         return self._evaluation(context, dense, trained_sparsity, results)
 
     def _one(
@@ -114,7 +111,6 @@ class OneShotEval(Evaluator):
         loc: tuple[str | int, ...],
         sparsity: float,
         model: nn.Module,
-        calibration: torch.Tensor,
     ) -> dict[str, Any]:
         recal = self.config.bn_recalibration
         pruned = copy.deepcopy(model)
@@ -126,13 +122,10 @@ class OneShotEval(Evaluator):
                 weights[name].copy_(value)
         achieved = float(sparsity_stats(operator.targets)["global"])  # type: ignore[arg-type]
         before = context.measure(pruned)
-        recalibrate_bn(
-            pruned,
-            calibration,
-            batches=recal.batches,
-            batch_size=recal.batch_size,
-            generator=torch.Generator().manual_seed(recal.seed),
+        calibration = context.calibration_batches(
+            recal.calibration_samples, recal.seed, recal.batches, recal.batch_size
         )
+        recalibrate_bn(pruned, calibration, forward=context.forward)
         after = context.measure(pruned)
         return {
             "label": operator.label(sparsity),

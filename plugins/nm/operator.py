@@ -21,7 +21,14 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from compressor.plugin_api import ConfigError, Operator, OperatorConfig, Target, hookimpl
+from compressor.plugin_api import (
+    CompressionContext,
+    ConfigError,
+    Operator,
+    OperatorConfig,
+    Target,
+    hookimpl,
+)
 
 __all__ = [
     "NM",
@@ -186,7 +193,9 @@ class NM(Operator):
         self.group: int = config.group
         self.skipped: list[str] = []
 
-    def bind(self, model: nn.Module, targets: list[Target]) -> None:
+    def bind(
+        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
+    ) -> None:
         """Keep the tensors that can be grouped; warn once (or fail if strict) about the rest."""
         bad = [t for t in targets if not groupable(t.param, self.group)]
         described = ", ".join(f"{t.name} (input dim {input_dim(t.param)})" for t in bad)
@@ -204,7 +213,7 @@ class NM(Operator):
                 stacklevel=2,
             )
         self.skipped = [t.name for t in bad]
-        super().bind(model, targets)
+        super().bind(model, targets, context)
 
     def active_targets(self) -> list[Target]:
         """The bound tensors the pattern applies to (skipped ones excluded)."""

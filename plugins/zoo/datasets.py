@@ -42,6 +42,8 @@ class MNIST1D(DatasetBuilder):
         seed: int = 42
         train_split: float = Field(0.8, gt=0, lt=1)
 
+    default_task = "classification"
+
     def train_size(self) -> int:
         c = self.config
         per_class = c.samples // 10
@@ -112,6 +114,8 @@ class Synthetic(DatasetBuilder):
         classes: int = Field(4, ge=2)
         noise: float = Field(1.0, ge=0)
         seed: int = 0
+
+    default_task = "classification"
 
     def train_size(self) -> int:
         return int(self.config.samples)

@@ -118,6 +118,8 @@ class CIFARSynthetic(DatasetBuilder):
         signal: float = Field(0.5, ge=0, description="scale of the per-class mean image")
         seed: int = 0
 
+    default_task = "classification"
+
     def train_size(self) -> int:
         return int(self.config.samples)
 

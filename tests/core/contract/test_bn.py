@@ -117,11 +117,16 @@ def _calibration_model() -> nn.Module:
     )
 
 
+def draws(x: torch.Tensor, batches: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [x[torch.randperm(x.shape[0], generator=generator)[:size]] for _ in range(batches)]
+
+
 def test_recalibration_changes_no_weight_and_restores_momentum() -> None:
     model = _calibration_model()
     params = {k: v.clone() for k, v in model.named_parameters()}
     x = torch.randn(200, 3) * 2 + 4
-    recalibrate_bn(model, x, batches=7, batch_size=32, generator=torch.Generator().manual_seed(0))
+    recalibrate_bn(model, draws(x, 7, 32))
     assert all(torch.equal(p, params[k]) for k, p in model.named_parameters())
     assert model[0].momentum is None and model[2].momentum == 0.3
     assert not model.training
@@ -133,20 +138,28 @@ def test_recalibration_resets_then_estimates_from_the_calibration_data() -> None
         model[0].running_mean.fill_(100.0)
         model[0].num_batches_tracked.fill_(1000)
     x = torch.randn(400, 3) * 2 + torch.tensor([4.0, -1.0, 0.5])
-    recalibrate_bn(
-        model, x, batches=100, batch_size=128, generator=torch.Generator().manual_seed(0)
-    )
+    recalibrate_bn(model, draws(x, 100, 128))
     first = model[0]
     assert int(first.num_batches_tracked) == 100  # reset, then one per batch
     torch.testing.assert_close(first.running_mean, x.mean(0), atol=0.25, rtol=0)
     torch.testing.assert_close(first.running_var, x.var(0), atol=0.6, rtol=0)
 
 
-def test_recalibration_is_deterministic_for_a_seed() -> None:
-    x = torch.randn(300, 3)
-    a, b = _calibration_model(), _calibration_model()
-    for model in (a, b):
-        recalibrate_bn(
-            model, x, batches=5, batch_size=16, generator=torch.Generator().manual_seed(3)
-        )
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+def test_recalibration_without_batches_keeps_the_statistics() -> None:
+    model = _calibration_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recalibrate_bn(model, [])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_recalibration_calls_the_model_as_told() -> None:
+    model = _calibration_model()
+    seen: list[int] = []
+
+    def forward(m: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        seen.append(inputs["x"].shape[0])
+        return m(inputs["x"])
+
+    recalibrate_bn(model, [{"x": b} for b in draws(torch.randn(50, 3), 3, 10)], forward=forward)
+    assert seen == [10, 10, 10] and int(model[0].num_batches_tracked) == 3

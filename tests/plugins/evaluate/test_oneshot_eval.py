@@ -11,8 +11,8 @@ from torch import nn
 from compressor import Session
 from compressor.contract.errors import RecipeError
 from compressor.plugin_api import DataInfo, DataSplits, Evaluation
-from compressor.train.context import RunContext
 from compressor.train.metrics import accuracy
+from tests.support.context import run_context
 from tests.support.cram import make_recipe, plugins_with_fixed_operators
 
 torch.set_num_threads(1)
@@ -60,7 +60,7 @@ def _run(model: nn.Module, data: DataSplits, extra: str = EVALUATE, plugins=None
     recipe = make_recipe(None, extra=extra, plugins=plugins)
     session = Session(model, recipe, steps_per_epoch=1, plugins=plugins)
     evaluator = session.registries.evaluators.build(recipe.config.evaluate.oneshot)
-    return evaluator.run(RunContext(session, data), model)  # type: ignore[no-any-return]
+    return evaluator.run(run_context(session, data), model)  # type: ignore[no-any-return]
 
 
 def _evaluate(model: nn.Module, data: DataSplits, extra: str = EVALUATE, plugins=None) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -149,14 +149,21 @@ def test_fixed_pattern_targets_run_once_at_their_own_sparsity(tmp_path: Path) ->
     assert rows[1]["sparsity"] == pytest.approx(0.5)
 
 
-def test_calibration_inputs_are_fixed_by_their_seed() -> None:
-    x = torch.arange(5000).float()
-    data = DataSplits(x, x, x, x, DataInfo((1,), 2))
+def test_calibration_batches_are_fixed_by_their_seed() -> None:
+    x = torch.arange(5000).float()[:, None]
+    data = DataSplits(x, x[:, 0].long(), x, x[:, 0].long(), DataInfo((1,), 2))
     model = nn.Sequential(nn.Linear(1, 2))
-    context = RunContext(Session(model, make_recipe(None), steps_per_epoch=1), data)
-    a, b = context.calibration_inputs(1000, 0), context.calibration_inputs(1000, 0)
-    assert torch.equal(a, b) and a.shape == (1000,) and len(set(a.tolist())) == 1000
-    assert not torch.equal(a, context.calibration_inputs(1000, 1))
+    context = run_context(Session(model, make_recipe(None), steps_per_epoch=1), data)
+
+    def draw(seed: int) -> list[torch.Tensor]:
+        return list(context.calibration_batches(1000, seed, 3, 100))
+
+    a, b = draw(0), draw(0)
+    assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert all(p.shape == (100, 1) and len(set(p[:, 0].tolist())) == 100 for p in a)
+    subset = set(torch.cat(draw(0))[:, 0].tolist())
+    assert len(subset) <= 1000  # every batch comes from the same 1000-sample subset
+    assert not torch.equal(a[0], draw(1)[0])
 
 
 def test_accuracy_restores_the_train_mode() -> None:

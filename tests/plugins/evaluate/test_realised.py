@@ -8,10 +8,10 @@ from torch import nn
 from compressor import Session
 from compressor.host.manager import Plugins
 from compressor.plugin_api import DataInfo, DataSplits
-from compressor.train.context import RunContext
 from compressor_plugins.evaluate.realised import Realised
 from compressor_plugins.zoo.models import MNIST1DCNN
 from tests.conftest import make_recipe
+from tests.support.context import run_context
 
 RECIPE = """\
 name: r
@@ -42,7 +42,7 @@ def evaluate(plugins: Plugins, operator: str) -> dict:  # type: ignore[type-arg]
         DataInfo((40,), 10),
     )
     config = Realised.Config(batch_sizes=[1, 4], repeats=3)
-    evaluation = Realised(config).run(RunContext(session, data), model)
+    evaluation = Realised(config).run(run_context(session, data), model)
     assert [c.title for c in evaluation.columns] == ["export KB", "×b1", "×b4"]
     assert evaluation.metrics["stored_kb"] == evaluation.details["bytes"]["exported"] / 1024
     return evaluation.details
@@ -84,6 +84,6 @@ def test_trained_model_is_not_modified(plugins: Plugins) -> None:
         torch.zeros(8, dtype=torch.long),
         DataInfo((40,), 10),
     )
-    Realised(Realised.Config(batch_sizes=[1], repeats=2)).run(RunContext(session, data), model)
+    Realised(Realised.Config(batch_sizes=[1], repeats=2)).run(run_context(session, data), model)
     assert all(torch.equal(masked[k], v) for k, v in model.state_dict().items())
     assert before.keys() == masked.keys()

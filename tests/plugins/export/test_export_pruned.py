@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from compressor import Session
 from compressor.contract.selection import select_targets
 from compressor.host.manager import Plugins
-from compressor.train.loop import run_context
+from compressor.train.loop import prepare
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.export import pruned as pruned_export
 from compressor_plugins.export.pruned import (
@@ -114,17 +113,15 @@ def test_export_hook_writes_model_and_report(
 ) -> None:
     monkeypatch.setattr(pruned_export, "LATENCY_REPEATS", 2)
     recipe = make_recipe(RECIPE, plugins)
-    data = plugins.registries.datasets.build(recipe.config.data)
-    model = plugins.registries.models.build(recipe.config.model).build(data.info())
-    session = Session(model, recipe, steps_per_epoch=1, plugins=plugins)
-    session.begin()
+    prepared = prepare(recipe, plugins)
+    model, context = prepared.model, prepared.context
+    prepared.session.begin()
     registry = plugins.registries.exporters
     with pytest.raises(
         KeyError, match="unknown export format 'prunde' \\(did you mean 'pruned'\\?\\)"
     ):
         registry.get("prunde")
     exporter = registry.get("pruned").cls(registry.get("pruned").config())
-    context = run_context(recipe, session, data.build, plugins)
     written = exporter.export(context, model, tmp_path / "m.pt")
     assert written == tmp_path / "m.pt"
     report = json.loads((tmp_path / "m.json").read_text())

@@ -1,0 +1,221 @@
+"""How the built-in loop reads data: batches whose order is a pure function of (seed, epoch).
+
+Two paths, one order. In-memory tensors (:class:`DataSplits`) are batched by indexing, with no
+DataLoader overhead. Datasets (:class:`Data`) go through a ``DataLoader`` (workers, pinned
+memory, persistent workers) driven by :class:`EpochBatches`, a batch sampler that yields the
+same index lists. Either way the batches of step ``k`` depend only on the seed and ``k``, so a
+resumed run reads exactly what it would have read, and a rank's share of a batch can be cut
+from it (data parallelism).
+
+Random augmentation is made a pure function of (seed, epoch, sample index) too: every sample
+is loaded under a torch generator state seeded from those three, restored afterwards, so
+resuming mid-epoch with workers reproduces the same augmented pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from compressor.contract.data import Data, DataSplits
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The sample order of one epoch: a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def batches_per_epoch(samples: int, batch_size: int, drop_last: bool = False) -> int:
+    full, rest = divmod(samples, batch_size)
+    return max(1, full if drop_last and full else full + (1 if rest else 0))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch (a 63-bit mix of the three)."""
+    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) & (2**64 - 1)
+    value ^= value >> 31
+    value = (value * 0x94D049BB133111EB) & (2**64 - 1)
+    return value & (2**63 - 1)
+
+
+class Seeded(Dataset[Any]):
+    """A dataset read with keys ``(epoch, index)``: each sample under its own torch seed."""
+
+    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochBatches:
+    """A batch sampler: the index lists of one epoch from ``start`` on, keyed for
+    :class:`Seeded`. Set the epoch before each pass (the loader keeps this object)."""
+
+    def __init__(self, samples: int, batch_size: int, seed: int, drop_last: bool) -> None:
+        self.samples = samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+        self.stop: int | None = None
+
+    def set_epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> None:
+        self.epoch, self.start, self.stop = epoch, start, stop
+
+    def __len__(self) -> int:
+        return len(range(self.start, self.stop or batches_per_epoch(
+            self.samples, self.batch_size, self.drop_last)))  # fmt: skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.seed, self.epoch, self.samples).tolist()
+        count = batches_per_epoch(self.samples, self.batch_size, self.drop_last)
+        for b in range(self.start, count if self.stop is None else min(self.stop, count)):
+            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(self.epoch, index) for index in chunk]
+
+
+@dataclass
+class LoaderSettings:
+    """DataLoader settings from a recipe's ``data:`` section."""
+
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int = 0
+    pin_memory: bool = False
+    drop_last: bool = False
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None
+
+    @classmethod
+    def of(cls, config: Any) -> LoaderSettings:
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
+
+class Batches:
+    """The batches of a run: training micro-batches by (epoch, index), test batches, and
+    calibration batches; in-memory tensors are indexed, datasets read through a DataLoader."""
+
+    def __init__(self, data: Data | DataSplits, settings: LoaderSettings, seed: int) -> None:
+        self.data = data
+        self.settings = settings
+        self.seed = seed
+        self.in_memory = isinstance(data, DataSplits)
+        self.samples = (
+            int(data.train_x.shape[0]) if isinstance(data, DataSplits) else _length(data.train)
+        )
+        self.per_epoch = batches_per_epoch(self.samples, settings.batch_size, settings.drop_last)
+        self._order: tuple[int, torch.Tensor] | None = None
+        self._sampler: EpochBatches | None = None
+        self._loader: DataLoader[Any] | None = None
+
+    # -- training ---------------------------------------------------------------------------
+
+    def train(self, epoch: int, start: int, stop: int) -> Iterator[Any]:
+        """Micro-batches ``start`` to ``stop`` (exclusive) of ``epoch``."""
+        if isinstance(self.data, DataSplits):
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, epoch_order(self.seed, epoch, self.samples))
+            order, size = self._order[1], self.settings.batch_size
+            for b in range(start, stop):
+                index = order[b * size : (b + 1) * size]
+                yield self.data.train_x[index], self.data.train_y[index]
+            return
+        loader = self._train_loader()
+        assert self._sampler is not None
+        self._sampler.set_epoch(epoch, start, stop)
+        yield from loader
+
+    def _train_loader(self) -> DataLoader[Any]:
+        if self._loader is None:
+            assert isinstance(self.data, Data)
+            s = self.settings
+            self._sampler = EpochBatches(self.samples, s.batch_size, self.seed, s.drop_last)
+            self._loader = DataLoader(
+                Seeded(self.data.train, self.seed),
+                batch_sampler=self._sampler,
+                collate_fn=self.data.collate,
+                **s.loader_kwargs(),
+            )
+        return self._loader
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def test(self) -> Iterator[Any]:
+        """The test set in order, in batches of ``eval_batch_size``."""
+        size = self.settings.eval_batch_size
+        if isinstance(self.data, DataSplits):
+            x, y = self.data.test_x, self.data.test_y
+            for start in range(0, x.shape[0], size):
+                yield x[start : start + size], y[start : start + size]
+            return
+        yield from DataLoader(
+            self.data.test,
+            batch_size=size,
+            shuffle=False,
+            collate_fn=self.data.collate,
+            **{**self.settings.loader_kwargs(), "persistent_workers": False},
+        )
+
+    def calibration(self, samples: int, seed: int, batches: int, batch_size: int) -> Iterator[Any]:
+        """``batches`` batches of ``batch_size`` drawn (without replacement within a batch)
+        from a fixed subset of ``samples`` training samples chosen with ``seed``."""
+        dataset = self.data.calibration_set()
+        n = self.samples if isinstance(self.data, DataSplits) else _length(dataset)
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+        size = min(batch_size, subset.numel())
+        draw = torch.Generator().manual_seed(seed)
+        picks = [
+            subset[torch.randperm(subset.numel(), generator=draw)[:size]] for _ in range(batches)
+        ]
+        if isinstance(self.data, DataSplits):
+            x, y = self.data.train_x, self.data.train_y
+            for index in picks:
+                yield x[index], y[index]
+            return
+        assert isinstance(self.data, Data)
+        yield from DataLoader(
+            dataset,
+            batch_sampler=[index.tolist() for index in picks],
+            collate_fn=self.data.collate,
+            **{**self.settings.loader_kwargs(), "persistent_workers": False},
+        )
+
+    def example(self, batch: int) -> Any:
+        """The first ``batch`` test samples (cycled when the test set is smaller), one batch."""
+        if isinstance(self.data, DataSplits):
+            index = torch.arange(batch) % self.data.test_x.shape[0]
+            return self.data.test_x[index], self.data.test_y[index]
+        assert isinstance(self.data, Data)
+        dataset = self.data.test
+        n = _length(dataset)
+        items = [dataset[i % n] for i in range(batch)]
+        collate = self.data.collate or torch.utils.data.default_collate
+        return collate(items)
+
+
+def _length(dataset: Dataset[Any]) -> int:
+    if not isinstance(dataset, Sized):
+        raise TypeError("the built-in loop needs datasets with a length (map-style datasets)")
+    return len(dataset)
