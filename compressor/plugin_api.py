@@ -55,9 +55,11 @@ from compressor.contract.selection import (
     SelectionConfig,
     Target,
     matches,
+    out_in,
     select,
     select_targets,
     sparsity_stats,
+    unwrap_model,
 )
 from compressor.contract.steps import StepClock, StepSpec, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of, to_device
@@ -119,6 +121,7 @@ __all__ = [
     "logits_of",
     "matches",
     "model",
+    "out_in",
     "params_with_grad",
     "recalibrate_bn",
     "restore_run",
@@ -128,6 +131,7 @@ __all__ = [
     "sparsity_stats",
     "to_device",
     "torch_threads",
+    "unwrap_model",
     "validate_config",
 ]
 

@@ -27,6 +27,8 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.zoo.models",
     "compressor_plugins.zoo.datasets",
     "compressor_plugins.zoo.tasks",
+    "compressor_plugins.zoo.files",
+    "compressor_plugins.zoo.hf",
     "compressor_plugins.export.state_dict",
     "compressor_plugins.optim.sam",
     "compressor_plugins.optim.cram",

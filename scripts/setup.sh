@@ -19,7 +19,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints.txt" torch
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints.txt" -e "$root[dev]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints.txt" -e "$root[dev,hf]"
 link_import_names
 echo "$want" > "$stamp"
 echo "compressor set up in $venv" >&2

@@ -96,6 +96,11 @@ class DatasetConfig(TypeConfig):
     drop_last: bool = Field(False, description="drop the last, smaller training batch of an epoch")
     persistent_workers: bool = Field(True, description="keep workers alive between epochs")
     prefetch_factor: int | None = Field(None, gt=0, description="batches loaded ahead per worker")
+    in_memory: bool = Field(
+        True,
+        description="index in-memory tensors directly (no DataLoader); false reads them "
+        "through a DataLoader like any dataset",
+    )
 
 
 class DatasetBuilder:

@@ -36,6 +36,14 @@ class Operator:
         """Called once with the model, the tensors selected by the config and the run's
         context (None outside a run, e.g. in tests)."""
         self.targets = targets
+        self._transposed = {t.name for t in targets if t.transposed}
+
+    def out_in(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (the weight ``name`` or a mask of it) in torch's ``[out, in, *k]``
+        orientation: transposed for ``[in, out]`` weights (HF ``Conv1D``). Applying it twice
+        gives the stored layout back, so operators that group along the input axis compute on
+        ``out_in(w)`` and return ``out_in(result)``."""
+        return tensor.t() if name in getattr(self, "_transposed", ()) else tensor
 
     def fixed_sparsity(self) -> float | None:
         """The sparsity the pattern implies (0.5 for 2:4), or None if it takes any target."""

@@ -14,16 +14,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.contract.selection import unwrap_model
+
 
 class MaskSet:
     """Boolean masks by fully-qualified parameter name."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._params = dict(model.named_parameters())
+        # every name of every parameter (tied tensors have several); a mask is stored under
+        # the tensor's first name, whichever name it is set by
+        self._params: dict[str, nn.Parameter] = {}
+        self._canonical: dict[str, str] = {}
+        first: dict[int, str] = {}
+        for name, param in unwrap_model(model).named_parameters(remove_duplicate=False):
+            self._params[name] = param
+            self._canonical[name] = first.setdefault(id(param), name)
         self._masks: dict[str, torch.Tensor] = {}
 
     def __contains__(self, name: object) -> bool:
-        return name in self._masks
+        return isinstance(name, str) and self._canonical.get(name, name) in self._masks
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._masks)
@@ -32,13 +41,14 @@ class MaskSet:
         return len(self._masks)
 
     def get(self, name: str) -> torch.Tensor | None:
-        return self._masks.get(name)
+        return self._masks.get(self._canonical.get(name, name))
 
     def set(self, name: str, mask: torch.Tensor, *, apply: bool = True) -> None:
         """Store ``mask`` (any dtype; kept as bool) for parameter ``name`` and apply it."""
         param = self._params.get(name)
         if param is None:
             raise KeyError(f"no parameter named {name!r}")
+        name = self._canonical[name]
         if mask.shape != param.shape:
             raise ValueError(
                 f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(param.shape)}"
@@ -49,7 +59,7 @@ class MaskSet:
                 param.mul_(self._masks[name])
 
     def remove(self, name: str) -> None:
-        self._masks.pop(name, None)
+        self._masks.pop(self._canonical.get(name, name), None)
 
     @torch.no_grad()
     def apply(self) -> None:

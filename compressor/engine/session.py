@@ -29,7 +29,13 @@ from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optim import DelegatingOptimizer, params_with_grad
 from compressor.contract.schedule import Schedule
-from compressor.contract.selection import select, select_targets, sparsity_stats
+from compressor.contract.selection import (
+    Target,
+    select,
+    select_targets,
+    sparsity_stats,
+    unwrap_model,
+)
 from compressor.contract.steps import StepClock
 from compressor.engine.masks import MaskSet
 from compressor.engine.precision import LossScaler, StepGuard
@@ -103,8 +109,9 @@ class Session:
             raise ValueError("steps_per_epoch must be positive")
         self.plugins = plugins or default_plugins()
         self.registries = self.plugins.registries
-        self.model = model
+        self.model = unwrap_model(model)  # the user's names, without DDP/compile prefixes
         self.recipe = recipe
+        self._compressed: dict[int, Target] = {}  # every tensor an operator was bound to
         train = recipe.config.train
         self.clock = StepClock(steps_per_epoch, total_steps or train.epochs * steps_per_epoch)
         self.step = 0
@@ -140,7 +147,7 @@ class Session:
     ) -> Operator:
         """Instantiate an operator config and bind it to the tensors it selects in ``model``
         (default: the session's model)."""
-        model = self.model if model is None else model
+        model = self.model if model is None else unwrap_model(model)
         operator: Operator = self.registries.operators.build(config)
         targets = select(model, config)
         if not targets:
@@ -151,6 +158,8 @@ class Session:
             operator.bind(model, targets, self)
         except ConfigError as exc:
             raise ConfigError(exc.message, (*at, *exc.loc)) from None
+        if model is self.model:
+            self._compressed.update((id(target.param), target) for target in targets)
         return operator
 
     def build_schedule(self, config: Any, *, at: Loc = ("schedule",)) -> Schedule:
@@ -249,8 +258,11 @@ class Session:
     # -- reporting ---------------------------------------------------------------------------
 
     def sparsity(self) -> dict[str, Any]:
-        """Exact zeros over the eligible weights (Linear/Conv weights), global and per layer."""
-        return sparsity_stats(select_targets(self.model))
+        """Exact zeros, global and per tensor, over the eligible weights (Linear/Conv) and every
+        tensor the recipe's operators compress (embeddings included), each counted once."""
+        targets = {id(target.param): target for target in select_targets(self.model)}
+        targets.update(self._compressed)
+        return sparsity_stats(list(targets.values()))
 
     def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build the report (sparsity, modifier metrics, plugins) and notify observers."""

@@ -27,7 +27,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from compressor.plugin_api import CompressionContext, Modifier, StepSpec, TypeConfig, hookimpl
+from compressor.plugin_api import (
+    CompressionContext,
+    ConfigError,
+    Modifier,
+    StepSpec,
+    TypeConfig,
+    hookimpl,
+)
 from compressor_plugins.blocks.unify import (
     FREE,
     PRUNED,
@@ -91,6 +98,12 @@ class ADMM(Modifier):
             kind="unify", **{name: getattr(c, name) for name in UnifyFields.model_fields}
         )
         self.operator: Unify = context.build_operator(operator_config, at=())  # type: ignore[assignment]
+        transposed = [t.name for t in self.operator.targets if t.transposed]
+        if transposed:
+            raise ConfigError(
+                f"ADMM works on [out, in] weights; exclude the [in, out] (Hugging Face Conv1D) "
+                f"layers: {', '.join(transposed)}"
+            )
         self.params = {t.name: t.param for t in self.operator.targets}
         self.every = max(1, context.clock.steps(c.update_every))
         self.finish = context.clock.steps(c.finish_at, (2 * context.clock.total_steps) // 3)

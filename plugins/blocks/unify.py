@@ -200,9 +200,10 @@ class Unify(Operator):
         prune = self.target(sparsity)
         if prune + self.config.unify_ratio > 1.0 + 1e-12:
             raise ValueError(f"prune ratio {prune:g} + unify_ratio exceeds 1")
+        oriented = {n: self.out_in(n, w) for n, w in self.weights_in(weights).items()}
         return {
             n: layer_labels(w, self.layout(w), prune, self.config.unify_ratio)
-            for n, w in self.weights_in(weights).items()
+            for n, w in oriented.items()
         }
 
     def compute_project(
@@ -211,10 +212,11 @@ class Unify(Operator):
         sparsity: float,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        return {
-            n: apply_labels(weights[n], self.layout(weights[n]), labels)
-            for n, labels in self.labels(weights, sparsity).items()
-        }
+        projected = {}
+        for n, labels in self.labels(weights, sparsity).items():
+            w = self.out_in(n, weights[n])
+            projected[n] = self.out_in(n, apply_labels(w, self.layout(w), labels)).contiguous()
+        return projected
 
     def pruned_mask(self, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Weight-shaped bool keep-mask (False in pruned blocks)."""

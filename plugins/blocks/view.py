@@ -166,6 +166,7 @@ class BlockPrune(Operator):
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
         c = self.config
+        weights = {n: self.out_in(n, w) for n, w in weights.items()}  # blocks of [out, in]
         layouts = {n: layout_of(w, c.block, c.view) for n, w in weights.items()}
         scores = {
             n: to_blocks(w.detach(), layouts[n]).pow(2).sum(dim=1) for n, w in weights.items()
@@ -182,7 +183,7 @@ class BlockPrune(Operator):
             for n in weights:
                 keep[n] = mask[offset : offset + layouts[n].num_blocks]
                 offset += layouts[n].num_blocks
-        return {n: expand(keep[n], layouts[n]) for n in weights}
+        return {n: self.out_in(n, expand(keep[n], layouts[n])).contiguous() for n in weights}
 
 
 @hookimpl

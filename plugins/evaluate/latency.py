@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,10 +20,11 @@ from torch import nn
 
 def compare_latency(
     models: Mapping[str, nn.Module],
-    x: torch.Tensor,
+    x: Any,
     *,
     repeats: int = 30,
     warmup: int = 3,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Median/min/max milliseconds per forward of each model on ``x``, timed alternately.
 
@@ -31,19 +32,20 @@ def compare_latency(
     "speedup_min": {name: ratio}}`` where ``speedup[name] = median(first) / median(name)`` and
     ``speedup_min`` is the same ratio of the minima.
     """
+    call = forward or (lambda model, inputs: model(inputs))
     for model in models.values():
         model.eval()
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(warmup):
             for model in models.values():
-                model(x)
+                call(model, x)
         names = list(models)
         for round_ in range(repeats):
             shift = round_ % len(names)  # rotate who goes first: no position bias
             for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
-                models[name](x)
+                call(models[name], x)
                 times[name].append((time.perf_counter() - start) * 1e3)
     out: dict[str, Any] = {
         name: {

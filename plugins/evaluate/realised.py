@@ -45,8 +45,10 @@ class Realised(Evaluator):
         try:
             exported, report = export_pruned(trained, masks, context.example_inputs(1))
             note = None
-        except (ExportError, ValueError, RuntimeError) as exc:  # keep the dense model, say why
+        except ExportError as exc:  # keep the dense model, say why
             exported, report, note = trained, {}, str(exc)
+        except Exception as exc:  # noqa: BLE001 — a model Torch-Pruning cannot trace stays dense
+            exported, report, note = trained, {}, f"not exported ({type(exc).__name__}: {exc})"
         result: dict[str, Any] = {
             "mask_sparsity": context.sparsity()["global"],
             "bytes": {
@@ -67,6 +69,7 @@ class Realised(Evaluator):
                     {"trained": trained, "exported": exported},
                     context.example_inputs(batch),
                     repeats=c.repeats,
+                    forward=context.forward,
                 )
                 result["latency_ms"][f"batch{batch}"] = {
                     "trained": timing["trained"]["median_ms"],

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compressor.plugin_api import CompressorError, hookimpl, load_checkpoint, select_targets
+from compressor.plugin_api import CompressorError, hookimpl, load_checkpoint, out_in, select_targets
 from compressor_plugins.nm.operator import groupable, input_dim, nm_violations
 
 Status = Literal["satisfied", "violated", "skipped"]
@@ -37,8 +37,11 @@ class LayerNM:
 def weights_of(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Linear/Conv weights of a model, or the ``*weight`` tensors with >= 2 dims of a state dict
     (normalisation weights and biases are 1-D and never grouped)."""
-    if isinstance(model_or_state_dict, nn.Module):
-        return {t.name: t.param.detach() for t in select_targets(model_or_state_dict)}
+    if isinstance(model_or_state_dict, nn.Module):  # [in, out] weights checked as [out, in]
+        return {
+            t.name: out_in(t.param.detach(), t.transposed)
+            for t in select_targets(model_or_state_dict)
+        }
     return {
         name: value.detach()
         for name, value in model_or_state_dict.items()

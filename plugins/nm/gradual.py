@@ -69,15 +69,17 @@ class GradualNM(GMP):
 
     def prune_to(self, context: CompressionContext, target: float) -> None:
         fraction = min(1.0, max(0.0, target / self.operator.fixed_sparsity()))
-        for t in self.operator.active_targets():
+        operator = self.operator
+        for t in operator.active_targets():
+            prior = context.masks.get(t.name)
             mask = nm_ramp_mask(
-                t.param,
-                self.operator.keep,
-                self.operator.group,
+                operator.out_in(t.name, t.param),
+                operator.keep,
+                operator.group,
                 fraction,
-                context.masks.get(t.name),
+                None if prior is None else operator.out_in(t.name, prior),
             )
-            context.masks.set(t.name, mask)
+            context.masks.set(t.name, operator.out_in(t.name, mask).contiguous())
 
     def timeline(self) -> list[tuple[int, str]]:
         fixed = self.operator.fixed_sparsity()

@@ -197,8 +197,9 @@ class NM(Operator):
         self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
     ) -> None:
         """Keep the tensors that can be grouped; warn once (or fail if strict) about the rest."""
-        bad = [t for t in targets if not groupable(t.param, self.group)]
-        described = ", ".join(f"{t.name} (input dim {input_dim(t.param)})" for t in bad)
+        oriented = {t.name: t.param.t() if t.transposed else t.param for t in targets}
+        bad = [t for t in targets if not groupable(oriented[t.name], self.group)]
+        described = ", ".join(f"{t.name} (input dim {input_dim(oriented[t.name])})" for t in bad)
         if bad and self.config.strict:
             raise ConfigError(
                 f"strict N:M {self.keep}:{self.group}: input dimension not a multiple of "
@@ -248,13 +249,15 @@ class NM(Operator):
         """N:M masks; tensors that cannot be grouped get all-True masks (they stay dense)."""
         fraction = self.fraction(sparsity)
         out: dict[str, torch.Tensor] = {}
-        for name, weight in weights.items():
+        for name, stored in weights.items():
+            weight = self.out_in(name, stored)  # groups run along the input axis
             if not groupable(weight, self.group):
-                out[name] = torch.ones_like(weight, dtype=torch.bool)
+                mask = torch.ones_like(weight, dtype=torch.bool)
             elif fraction >= 1.0:
-                out[name] = nm_mask(weight, self.keep, self.group)
+                mask = nm_mask(weight, self.keep, self.group)
             else:
-                out[name] = nm_ramp_mask(weight, self.keep, self.group, fraction)
+                mask = nm_ramp_mask(weight, self.keep, self.group, fraction)
+            out[name] = self.out_in(name, mask).contiguous()
         return out
 
 

@@ -144,7 +144,10 @@ class MaskedLM(Task):
         return {"input_ids": masked, "labels": labels, **extra}
 
     def inputs(self, batch: Any) -> Any:
-        return {k: v for k, v in batch.items() if k != "labels"}
+        """A prepared batch's masked ids; an unprepared one (tracing, calibration) as is."""
+        if isinstance(batch, Mapping):
+            return {k: v for k, v in batch.items() if k != "labels"}
+        return {"input_ids": batch}
 
     def _losses(self, output: Any, batch: Any, reduction: str) -> torch.Tensor:
         logits = logits_of(output)
