@@ -111,3 +111,16 @@ def test_the_study_example_in_comparing_md_validates(tmp_path: Path) -> None:
     assert loaded.baseline == "SGD"
     assert loaded.labels == ["SGD", "GMP 90%", "GMP 70%"]
     assert len(loaded.trials) == 9
+
+
+def test_the_own_loop_example_in_data_md_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
+
+    page = (ROOT / "docs" / "data.md").read_text()
+    (code,) = [body for lang, body in BLOCK.findall(page) if lang == "python" and "Session(" in body]
+    script = tmp_path / "own_loop.py"
+    script.write_text(code)
+    runpy.run_path(str(script), run_name="__main__")
+    assert "8 optimizer steps, sparsity 0.50" in capsys.readouterr().out
