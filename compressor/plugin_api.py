@@ -61,7 +61,7 @@ from compressor.contract.selection import (
     sparsity_stats,
     unwrap_model,
 )
-from compressor.contract.steps import StepClock, StepSpec, same_unit_order
+from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of, to_device
 from compressor.contract.threads import torch_threads
 
@@ -115,6 +115,7 @@ __all__ = [
     "build_model",
     "call_model",
     "dataset",
+    "epochs_of",
     "freeze_bn_stats",
     "hookimpl",
     "load_checkpoint",

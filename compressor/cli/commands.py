@@ -18,7 +18,8 @@ from rich.table import Table
 from compressor.contract.errors import CompressorError, RecipeError
 from compressor.contract.evaluation import Evaluation
 from compressor.host.manager import default_plugins
-from compressor.recipe.schema import Recipe, apply_overrides, build_recipe_model, validate_source
+from compressor.recipe.overrides import OverrideError, apply_overrides, override_locs
+from compressor.recipe.schema import Recipe, build_recipe_model, validate_source
 from compressor.recipe.source import read_yaml
 
 out = Console(soft_wrap=True)
@@ -31,8 +32,11 @@ def read_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
     if overrides:
         try:
             source.data = apply_overrides(source.data, list(overrides))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise CompressorError(f"bad --set override: {exc}") from None
+        except OverrideError as exc:
+            loc = tuple(exc.item.split("=", 1)[0].strip().split("."))
+            raise source.error(loc, f"bad --set {exc.item}: {exc.message}") from None
+        for at, item in override_locs(list(overrides)):
+            source.notes[at] = f"the value comes from --set {item}"
     return validate_source(source, default_plugins().registries)
 
 
@@ -87,14 +91,31 @@ def show_report(report: dict[str, Any], out_dir: Path) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check recipes and studies without training: every recipe is validated, its model,
+    session and optimizer built (no data), its evaluators asked to check the model."""
+    from compressor.study.spec import is_study, load_study
     from compressor.train.loop import prepare
 
     failed = False
     for path in args.recipes:
         try:
-            recipe = read_recipe(path, args.set)
-            session = prepare(recipe, default_plugins(), with_data=False).session
-            session.optimizer()  # builds the wrapper: its config is checked against the model
+            if is_study(read_yaml(path).data):
+                study = load_study(path, default_plugins().registries, overrides=args.set)
+                for trial in study.trials:
+                    prepare(trial.recipe, default_plugins(), with_data=False).session.optimizer()
+                message = (
+                    f"{path}: ok — study '{study.name}', {len(study.labels)} recipe(s) × "
+                    f"{len(study.seeds)} seed(s) = {len(study.trials)} runs"
+                )
+            else:
+                recipe = read_recipe(path, args.set)
+                session = prepare(recipe, default_plugins(), with_data=False).session
+                session.optimizer()  # builds the wrapper: its config is checked against the model
+                clock = session.clock
+                message = (
+                    f"{path}: ok — '{recipe.name}', {clock.total_steps} steps "
+                    f"({clock.steps_per_epoch} per epoch), {len(session.modifiers)} modifier(s)"
+                )
         except RecipeError as exc:
             err.print(str(exc), markup=False, highlight=False)
             failed = True
@@ -103,13 +124,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             err.print(f"{path}: error: {exc}", markup=False, highlight=False)
             failed = True
             continue
-        clock = session.clock
-        out.print(
-            f"{path}: ok — '{recipe.name}', {clock.total_steps} steps "
-            f"({clock.steps_per_epoch} per epoch), {len(session.modifiers)} modifier(s)",
-            markup=False,
-            highlight=False,
-        )
+        out.print(message, markup=False, highlight=False)
     return 2 if failed else 0
 
 
@@ -124,10 +139,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"[bold]{recipe.name}[/bold]: {config.train.epochs} epochs × {clock.steps_per_epoch} "
         f"steps = {clock.total_steps} optimizer steps"
     )
-    optimizer = f"{config.optimizer.name} (lr {config.optimizer.lr:g})"
+    out.print(f"optimizer: {settings(config.optimizer)}")
     if config.wrapper is not None:
-        optimizer = f"{config.wrapper.name} wrapping {optimizer}"
-    out.print(f"optimizer: {optimizer}")
+        out.print(f"wrapper: {settings(config.wrapper)} (wraps {config.optimizer.name})")
     if session.lr_schedule is not None:
         points = ", ".join(
             f"step {s}: ×{session.lr_schedule(s):.3f}" for s in session.lr_schedule.milestones()
@@ -147,6 +161,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not session.modifiers:
         out.print("no modifiers: the model is trained dense")
     return 0
+
+
+def settings(config: Any) -> str:
+    """``sgd (lr 0.1, momentum 0.9, ...)``: a config's name and every field."""
+    fields = config.model_dump(mode="json")
+    name = fields.pop("name", "")
+    return f"{name} ({', '.join(f'{k} {v}' for k, v in fields.items())})"
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -206,12 +227,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from compressor.study.report import render
     from compressor.study.runner import run_study
-    from compressor.study.spec import adhoc_study, load_study
+    from compressor.study.spec import adhoc_study, is_study, load_study
 
     registries = default_plugins().registries
     paths = list(args.files)
     first = read_yaml(paths[0]).data
-    if len(paths) == 1 and isinstance(first, dict) and "recipes" in first:
+    if len(paths) == 1 and is_study(first):
         study = load_study(paths[0], registries, seeds=args.seeds, overrides=args.set)
     else:
         study = adhoc_study(paths, registries, seeds=args.seeds or [0], overrides=args.set)
@@ -222,8 +243,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"→ {out_dir}"
     )
     store = run_study(study, out_dir, plugins=default_plugins(), progress=not args.quiet)
+    failed = [row for row in store.runs() if row.status == "failed"]
     store.close()
     render(out_dir, console=out)
+    if failed:
+        err.print(
+            f"{len(failed)} of {len(study.trials)} runs failed: "
+            + "; ".join(f"{row.key}: {row.error}" for row in failed),
+            markup=False,
+            highlight=False,
+        )
+        return 1
     return 0
 
 
@@ -255,8 +285,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     with_set(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check recipes; errors as file:line:col: path: message")
-    p.add_argument("recipes", nargs="+")
+    p = sub.add_parser(
+        "validate", help="check recipes and studies; errors as file:line:col: path: message"
+    )
+    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_STUDY")
     with_set(p)
     p.set_defaults(func=cmd_validate)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from compressor._version import __version__
@@ -30,6 +31,9 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="load a plugin from a Python file (repeatable)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
     parser.add_argument(
         "--threads",
@@ -55,6 +59,8 @@ def _plugin_files(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    plugins: Plugins | None = None
     try:
         plugins = load_plugins(_plugin_files(argv))
         use_plugins(plugins)
@@ -65,14 +71,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return int(args.func(args))
     except RecipeError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        say(str(exc))
         return 2
     except CompressorError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        if debug:
+            traceback.print_exc()
+        say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        err.print("interrupted: finished checkpoints and reports are intact")
+        say("interrupted: finished checkpoints and reports are intact")
         return 130
+    except Exception as exc:  # a bug, here or in a plugin: one line, the traceback on --debug
+        if debug:
+            traceback.print_exc()
+        text = plugins.explain(exc) if plugins is not None else f"{type(exc).__name__}: {exc}"
+        say(f"error: {text}" + ("" if debug else " (--debug shows the traceback)"))
+        return 1
+
+
+def say(text: str) -> None:
+    err.print(text, markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
   statistics without polluting the running statistics (the perturbed or compressed weights are
   not the model that will be evaluated).
 * :func:`recalibrate_bn` — after one-shot compression the running statistics describe the dense
-  model; re-estimating them on a little training data is what makes one-shot numbers fair.
+  model; re-estimating them on a little training data (a cumulative average, unbiased for any
+  number of batches) is what makes one-shot numbers fair.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def recalibrate_bn(
     """Re-estimate BN running statistics from ``batches`` of model inputs, then leave
     ``model`` in eval mode.
 
-    METHODS.md §6: reset running statistics, momentum 0.1, train mode, no grad, one forward
-    pass per batch (``forward(model, inputs)``, default ``model(inputs)``), then ``eval()``.
+    METHODS.md §6: reset running statistics, then a cumulative average (``momentum=None``, as
+    ``torch.optim.swa_utils.update_bn`` does) in train mode under no grad, one forward pass per
+    batch (``forward(model, inputs)``, default ``model(inputs)``), then ``eval()``. So any
+    number of batches gives the plain average of their statistics (an exponential average
+    would leave a few batches near the reset values).
     Weights are never touched; each layer's original momentum is restored. With no BN layer
     (or no batch) the model is only put in eval mode.
     """
@@ -91,7 +95,7 @@ def recalibrate_bn(
             if not started:  # reset only once there is something to re-estimate from
                 for layer in layers:
                     layer.reset_running_stats()
-                    layer.momentum = 0.1
+                    layer.momentum = None
                 started = True
             call(model, inputs)
     finally:

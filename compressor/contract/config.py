@@ -20,9 +20,10 @@ from compressor.contract.selection import SelectionConfig
 
 
 class TypeConfig(BaseModel):
-    """Base of every plugin config: unknown keys are errors and configs are immutable."""
+    """Base of every plugin config: unknown keys are errors, configs are immutable, and no
+    float may be infinite or NaN (``lr: .inf`` cannot train)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ gradient of *each* pass, so the session unscales after every backward pass inste
 same kernel GradScaler uses, and accumulates whether any pass overflowed. An overflowing step
 is skipped whole — the base optimizer's update (:class:`StepGuard`) and that step's compression
 update — and the scale backs off; ``growth_interval`` clean steps in a row double it (the
-defaults are GradScaler's).
+defaults are GradScaler's). With ``train.nonfinite: skip`` the same check runs without
+scaling: a step whose gradients are not finite is skipped rather than applied.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ class LossScaler:
         self,
         enabled: bool,
         *,
+        check_finite: bool = False,
         init_scale: float = 2.0**16,
         growth_factor: float = 2.0,
         backoff_factor: float = 0.5,
         growth_interval: int = 2000,
     ) -> None:
         self.enabled = enabled
-        self.scale = init_scale
+        self.checking = enabled or check_finite
+        """Whether gradients are checked each pass (fp16 scaling, or ``nonfinite: skip``)."""
+        self.scale = init_scale if enabled else 1.0
         self.growth_factor = growth_factor
         self.backoff_factor = backoff_factor
         self.growth_interval = growth_interval
@@ -45,7 +49,7 @@ class LossScaler:
     @torch.no_grad()
     def unscale(self, params: list[torch.Tensor]) -> None:
         """Divide the gradients of ``params`` by the scale; remember a non-finite one."""
-        if not self.enabled:
+        if not self.checking:
             return
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for p in params:
@@ -64,13 +68,15 @@ class LossScaler:
     def end_step(self) -> bool:
         """Close the step: adapt the scale; True if the step overflowed (and was skipped)."""
         skipped = self.found_inf
-        if not self.enabled:
+        if not self.checking:
             return False
-        if skipped:
+        if skipped and not self.enabled:
+            self.skipped_steps += 1
+        elif skipped:
             self.scale *= self.backoff_factor
             self.clean_steps = 0
             self.skipped_steps += 1
-        else:
+        elif self.enabled:
             self.clean_steps += 1
             if self.clean_steps >= self.growth_interval:
                 self.scale *= self.growth_factor

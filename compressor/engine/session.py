@@ -117,7 +117,7 @@ class Session:
         self.step = 0
         self.generator = torch.Generator().manual_seed(train.seed)
         self.masks = MaskSet(model)
-        self.scaler = LossScaler(train.precision == "fp16")
+        self.scaler = LossScaler(train.precision == "fp16", check_finite=train.nonfinite == "skip")
         self._example_inputs = example_inputs
         self.optimizer_: SessionOptimizer | None = None
         self.lr_schedule: Schedule | None = None
@@ -125,6 +125,11 @@ class Session:
             self.lr_schedule = self._located(
                 ("lr_schedule",), self.build_schedule, recipe.config.lr_schedule, at=()
             )
+            lowest = min(self.lr_schedule(step) for step in self.lr_schedule.milestones())
+            if not lowest >= 0:
+                raise recipe.error(
+                    ("lr_schedule",), f"the LR factor would be {lowest:g}: it must be at least 0"
+                )
         self.modifiers: list[Modifier] = [
             self._located(("modifiers", i), self.registries.modifiers.build, cfg, self)
             for i, cfg in enumerate(recipe.config.modifiers)
@@ -132,7 +137,7 @@ class Session:
         self._check_overlaps()
         self._started = False
         self.evaluator: Callable[[], dict[str, float]] | None = None
-        self.plugins.hook.session_started(context=self)
+        self.plugins.notify("session_started", context=self)
 
     # -- building plugin objects -------------------------------------------------------------
 
@@ -191,7 +196,7 @@ class Session:
         for group in base.param_groups:
             group.setdefault("initial_lr", group["lr"])
         inner: torch.optim.Optimizer = base
-        if self.scaler.enabled:  # an overflow in any pass skips the base optimizer's update
+        if self.scaler.checking:  # an overflow in any pass skips the base optimizer's update
             inner = StepGuard(base, lambda: self.scaler.found_inf)
         if config.wrapper is not None:
             inner = self._located(
@@ -239,9 +244,9 @@ class Session:
             self._apply_lr()  # a skipped step (fp16 overflow) makes no compression update
         else:
             self._update()
-        if self.plugins.hook.step_finished.get_hookimpls():  # float(loss) only if observed
+        if self.plugins.has("step_finished"):  # float(loss) only if observed
             value = None if loss is None else float(torch.as_tensor(loss).detach())
-            self.plugins.hook.step_finished(context=self, step=self.step, loss=value)
+            self.plugins.notify("step_finished", context=self, step=self.step, loss=value)
 
     def _update(self) -> None:
         for modifier in self.modifiers:
@@ -282,7 +287,7 @@ class Session:
         }
         if extra:
             report.update(extra)
-        self.plugins.hook.session_finished(context=self, report=report)
+        self.plugins.notify("session_finished", context=self, report=report)
         return report
 
     # -- checkpointing -----------------------------------------------------------------------

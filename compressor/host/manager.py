@@ -10,13 +10,15 @@ Environment switches:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -45,10 +47,55 @@ class Plugins:
     pm: pluggy.PluginManager
     infos: dict[str, PluginInfo]
     registries: Registries
+    modules: dict[str, PluginInfo] = field(default_factory=dict)
+    """Module name -> the plugin it belongs to (to name the plugin a failure comes from)."""
 
     @property
     def hook(self) -> pluggy.HookRelay:
         return self.pm.hook
+
+    def has(self, hook: str) -> bool:
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call an observer hook's implementations; a failure names the plugin and the hook."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except (KeyboardInterrupt, PluginError):
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"{describe(self.infos.get(impl.plugin_name), impl.plugin_name)} failed in "
+                    f"{hook}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def blame(self, exc: BaseException) -> tuple[PluginInfo, str] | None:
+        """The plugin whose code raised ``exc`` (its innermost frame) and that function."""
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            for name, info in self.modules.items():
+                if module == name or module.startswith(name + "."):
+                    code = tb.tb_frame.f_code
+                    where = getattr(code, "co_qualname", code.co_name).split(".<locals>")[0]
+                    found = (info, where)
+            tb = tb.tb_next
+        return found
+
+    def explain(self, exc: BaseException) -> str:
+        """An unexpected exception in one line, naming the plugin whose code raised it."""
+        blamed = self.blame(exc)
+        where = f"{describe(blamed[0])} failed in {blamed[1]}: " if blamed else ""
+        return f"{where}{type(exc).__name__}: {exc}"
+
+
+def describe(info: PluginInfo | None, name: str = "?") -> str:
+    """``plugin 'x' (distribution 1.0)`` for messages."""
+    if info is None:
+        return f"plugin '{name}'"
+    return f"plugin '{info.name}' ({info.distribution} {info.version})"
 
 
 def _blocked() -> set[str]:
@@ -69,33 +116,41 @@ def load_plugins(
     for name in blocked:
         pm.set_blocked(name)
     infos: dict[str, PluginInfo] = {}
+    modules: dict[str, PluginInfo] = {}
+
+    def add(plugin: object, info: PluginInfo) -> None:
+        try:
+            pm.register(plugin, name=info.name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(f"{describe(info)} cannot be registered: {exc}") from None
+        infos[info.name] = info
+        module = getattr(plugin, "__name__", None)
+        if isinstance(module, str):
+            modules[module] = info
 
     for module_name in builtin_plugins():
-        if module_name in blocked:
-            continue
-        pm.register(importlib.import_module(module_name), name=module_name)
-        infos[module_name] = PluginInfo(module_name, "compressor", __version__)
+        if module_name not in blocked:
+            add(
+                importlib.import_module(module_name),
+                PluginInfo(module_name, "compressor", __version__),
+            )
 
     if autoload is None:
         autoload = not os.environ.get("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:
-        try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # a broken third-party package must say who it is
-            raise PluginError(f"loading entry-point plugins failed: {exc}") from exc
-        for plugin, dist in pm.list_plugin_distinfo():
-            plugin_name = pm.get_name(plugin)
-            if plugin_name is not None:
-                name = plugin_name
-                infos[name] = PluginInfo(name, dist.metadata["name"], dist.version)
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name in blocked or pm.get_plugin(entry.name) is not None:
+                continue
+            dist = entry.dist
+            info = PluginInfo(
+                entry.name, dist.metadata["name"] if dist else "?", dist.version if dist else "?"
+            )
+            add(_guarded_import(entry.load, describe(info)), info)
 
     for path in plugin_files:
-        module = _import_file(Path(path))
         name = f"file:{Path(path).name}"
-        if name in blocked:
-            continue
-        pm.register(module, name=name)
-        infos[name] = PluginInfo(name, str(path), "-")
+        if name not in blocked:
+            add(_import_file(Path(path)), PluginInfo(name, str(path), "-"))
 
     try:
         pm.check_pending()
@@ -106,7 +161,17 @@ def load_plugins(
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
 
-    return Plugins(pm, infos, Registries.collect(pm, infos))
+    return Plugins(pm, infos, Registries.collect(pm, infos), modules)
+
+
+def _guarded_import(load: Any, who: str) -> Any:
+    """Import a plugin; anything it raises (even ``sys.exit``) is a PluginError naming it."""
+    try:
+        return load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 — SystemExit at import must not end the CLI
+        raise PluginError(f"{who} failed to import: {type(exc).__name__}: {exc}") from None
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -118,11 +183,14 @@ def _import_file(path: Path) -> ModuleType:
         raise PluginError(f"cannot import plugin file {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise PluginError(f"plugin file {path} failed to import: {exc}") from exc
-    return module
+    loader = spec.loader
+
+    def execute() -> ModuleType:
+        loader.exec_module(module)
+        return module
+
+    result: ModuleType = _guarded_import(execute, f"plugin file {path}")
+    return result
 
 
 _default: Plugins | None = None

@@ -168,5 +168,13 @@ class Registries:
                         f"plugin '{_info.name}' registered {obj!r}, which is not a {kinds}"
                     )
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except (KeyboardInterrupt, PluginError):
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin '{info.name}' ({info.distribution} {info.version}) failed in "
+                        f"{hook_name}: {type(exc).__name__}: {exc}"
+                    ) from exc
         return self

@@ -7,6 +7,7 @@ The top-level shape is fixed here; every section that names a type (``optimizer`
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import types
@@ -36,13 +37,13 @@ from compressor.recipe.source import Source, parse_yaml, read_yaml
 class TrainConfig(BaseModel):
     """How long and how to train (the built-in loop); steps are the unit, epochs are sugar."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(10, gt=0)
     max_steps: int | None = Field(
         None, gt=0, description="stop early after this many steps (smoke runs)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="model init, data order, every draw")
     eval_every: StepSpec = "1ep"
     checkpoint_every: StepSpec | None = "1ep"
     log_every: int = Field(20, gt=0)
@@ -53,6 +54,10 @@ class TrainConfig(BaseModel):
     )
     accumulate: int = Field(
         1, gt=0, description="micro-batches per optimizer step (gradient accumulation)"
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a non-finite loss stops the run as failed (stop) or skips the step (skip)",
     )
 
     @field_validator("device")
@@ -198,11 +203,13 @@ def build_recipe_model(registries: Registries) -> type[BaseModel]:
         entry.name: (resolver.resolve(entry.config) | None, None) for entry in registries.evaluators
     }
     evaluate_model = create_model(
-        "Evaluate", __config__=ConfigDict(extra="forbid", frozen=True), **evaluate_fields
+        "Evaluate",
+        __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
+        **evaluate_fields,
     )
 
     class RecipeBase(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
         @model_validator(mode="before")
         @classmethod
@@ -335,10 +342,23 @@ def _noun(loc: Loc, tag: str) -> str:
 def validation_problems(
     exc: ValidationError, source: Source, model: type[BaseModel]
 ) -> list[Problem]:
-    """One located problem per distinct pydantic error."""
+    """One located problem per distinct pydantic error. A missing field that a misspelt key
+    stands for (``optimzer:`` for ``optimizer:``) is one mistake, reported once: at the key."""
     problems: list[Problem] = []
-    for error in exc.errors():
+    errors = exc.errors()
+    misspelt = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = data_path(source.data, error["loc"])
+            owner = _model_at(model, tuple(error["loc"][:-1]))
+            fields = list(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]) if loc else "", fields, n=1, cutoff=0.6)
+            if close:
+                misspelt.add((*loc[:-1], close[0]))
+    for error in errors:
         loc = data_path(source.data, error["loc"])
+        if error["type"] == "missing" and loc in misspelt:
+            continue
         if error["type"] == "union_tag_invalid":
             tag = str(error.get("ctx", {}).get("discriminator", "")).strip("'")
             loc = (*loc, tag) if (*loc, tag) in source.values else loc
@@ -375,24 +395,3 @@ def recipe_from_text(
 
     registries = registries or default_plugins().registries
     return validate_source(parse_yaml(text, file), registries)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a recipe's raw data."""
-    import copy
-
-    import yaml
-
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.path=value")
-        dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node: Any = data
-        for key in keys[:-1]:
-            index: Any = int(key) if isinstance(node, list) else key
-            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
-        last: Any = int(keys[-1]) if isinstance(node, list) else keys[-1]
-        node[last] = yaml.safe_load(raw)
-    return data

@@ -7,11 +7,13 @@ recorded with its error and the study goes on.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import traceback
 from pathlib import Path
 from typing import Any
 
+from compressor.contract.errors import CompressorError
 from compressor.contract.evaluation import Evaluation
 from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins
@@ -52,6 +54,27 @@ def curves_of(report: dict[str, Any]) -> dict[str, list[Point]]:
     return curves
 
 
+class StudyLock:
+    """One ``compare`` per study folder: a second one on the same folder is refused (two would
+    write the same runs and mix their timings)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / ".compare.lock"
+        self.handle = self.path.open("w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise CompressorError(
+                f"another compare is running on {folder}; wait for it or use another --out"
+            ) from None
+
+    def release(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
 def run_study(
     study: Study,
     out_dir: str | Path,
@@ -62,21 +85,25 @@ def run_study(
 ) -> Store:
     """Run what is not finished yet; return the store."""
     out = Path(out_dir)
-    store = Store(out / STORE)
-    store.meta("name", study.name)
-    store.meta("description", study.description)
-    store.meta("labels", "\n".join(study.labels))
-    store.meta("baseline", study.baseline)
-    total = len(study.trials)
-    for position, trial in enumerate(study.trials, start=1):
-        status = store.status(trial.key, trial.recipe.hash())
-        if status == "done" or (status == "failed" and not rerun_failed):
+    lock = StudyLock(out)
+    try:
+        store = Store(out / STORE)
+        store.meta("name", study.name)
+        store.meta("description", study.description)
+        store.meta("labels", "\n".join(study.labels))
+        store.meta("baseline", study.baseline)
+        total = len(study.trials)
+        for position, trial in enumerate(study.trials, start=1):
+            status = store.status(trial.key, trial.recipe.hash())
+            if status == "done" or (status == "failed" and not rerun_failed):
+                if progress:
+                    console.print(f"[dim][{position}/{total}] {trial.key}: already {status}[/dim]")
+                continue
             if progress:
-                console.print(f"[dim][{position}/{total}] {trial.key}: already {status}[/dim]")
-            continue
-        if progress:
-            console.rule(f"[bold][{position}/{total}][/bold] {trial.label} · seed {trial.seed}")
-        _run_trial(trial, position, out, store, plugins, progress)
+                console.rule(f"[bold][{position}/{total}][/bold] {trial.label} · seed {trial.seed}")
+            _run_trial(trial, position, out, store, plugins, progress)
+    finally:
+        lock.release()
     return store
 
 
@@ -104,16 +131,19 @@ def _run_trial(
             resume=not fresh,
             overwrite=fresh,
             progress=progress,
+            label=f"{trial.label} · seed {trial.seed}",
         )
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one failing run must not stop the study
-        message = f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, CompressorError) else plugins.explain(exc)
         store.record(**common, report=None, error=message)
-        (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
         console.print(
-            f"[red]{trial.key} failed:[/red] {message} (traceback in {run_dir / 'error.txt'})"
+            f"[red]{trial.key} failed:[/red] {message} (traceback in {run_dir / 'error.txt'})",
+            markup=True,
+            highlight=False,
         )
         return
     store.record(

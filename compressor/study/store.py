@@ -123,7 +123,9 @@ class Store:
         """Replace the run's rows in one transaction."""
         status = "done" if error is None else "failed"
         steps = (report or {}).get("steps") or 0
-        train_time = (report or {}).get("train_time_s")
+        # seconds of process CPU time per step, measured inside the run (wall time of runs taken
+        # at different moments, or in parallel, is not comparable)
+        train_time = (report or {}).get("train_cpu_s", (report or {}).get("train_time_s"))
         with self._transaction() as db:
             db.execute("DELETE FROM runs WHERE key = ?", (key,))
             db.execute(

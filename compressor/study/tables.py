@@ -79,8 +79,8 @@ def legend(summary: StudySummary) -> str:
     ]
     if baseline_step(summary):
         parts.append(
-            f"step ×{summary.baseline}: training time per step (periodic evaluation included) "
-            f"against {summary.baseline}"
+            f"step ×{summary.baseline}: process CPU time per training step (periodic evaluation "
+            f"included) against {summary.baseline}"
         )
     parts.append("wall s: the whole run")
     return "; ".join(parts) + ". Values are the mean ± std over seeds; % columns in percent."

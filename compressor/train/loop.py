@@ -77,6 +77,19 @@ def build_task(recipe: Recipe, dataset: DatasetBuilder, plugins: Plugins) -> Tas
     return task
 
 
+def build_model(recipe: Recipe, plugins: Plugins, info: Any) -> nn.Module:
+    """The recipe's model; a builder that fails on its config is a located error."""
+    try:
+        model: nn.Module = plugins.registries.models.build(recipe.config.model).build(info)
+    except (CompressorError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise recipe.error(
+            ("model",), f"cannot build this model: {type(exc).__name__}: {exc}"
+        ) from None
+    return model
+
+
 def steps_per_epoch(
     train_size: int, batch_size: int, accumulate: int = 1, drop_last: bool = False
 ) -> int:
@@ -97,7 +110,11 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
     data = dataset.build() if with_data else None
     info = data.info if data is not None else dataset.info()
     train_size = _train_size(data) if data is not None else dataset.train_size()
-    model = registries.models.build(config.model).build(info).to(config.train.device)
+    if config.train.init_from:
+        path = Path(config.train.init_from.replace("{seed}", str(config.train.seed)))
+        if not path.is_file():
+            raise recipe.error(("train", "init_from"), f"{path} does not exist")
+    model = build_model(recipe, plugins, info).to(config.train.device)
     if isinstance(data, DataSplits) and config.train.device != "cpu":
         data = data.to(config.train.device)
     settings = LoaderSettings.of(config.data)
@@ -196,8 +213,14 @@ def run(
     overwrite: bool = False,
     progress: bool | None = None,
     on_step: Callable[[Session], None] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Train with the recipe, evaluate, write ``report.json``; returns the report."""
+    """Train with the recipe, evaluate, write ``report.json``; returns the report.
+
+    A loss that stops being finite ends the run as failed (:class:`NonFiniteLoss`, naming the
+    step) without writing a checkpoint of the broken weights, unless ``train.nonfinite: skip``
+    skips such steps instead. Training time is measured as wall and process CPU time inside
+    the loop and carried across resumes."""
     out = Path(out_dir)
     checkpoint_path = out / CHECKPOINT
     if not resume and not overwrite and (checkpoint_path.exists() or (out / REPORT).exists()):
@@ -217,6 +240,13 @@ def run(
     optimizer = session.optimizer()
     history: list[dict[str, Any]] = []
     metric = task.metric
+    # time so far (carried across resumes) and the loss summed since the last evaluation
+    clocks: dict[str, float] = {
+        "train_s": 0.0,
+        "train_cpu_s": 0.0,
+        "loss_sum": 0.0,
+        "loss_count": 0,
+    }
 
     def test_metrics() -> dict[str, float]:
         return {f"test_{k}": v for k, v in context.measure(model).items()}
@@ -234,6 +264,7 @@ def run(
         model.load_state_dict(state["model"])
         session.load_state_dict(state["session"])
         history = list(state["history"])
+        clocks = dict(state.get("clocks", clocks))
 
     clock = session.clock
     last_step = min(clock.total_steps, config.train.max_steps or clock.total_steps)
@@ -246,6 +277,7 @@ def run(
     precision = autocast(config.train.precision, config.train.device)
 
     def save_checkpoint() -> None:
+        check_finite()  # a broken model is never written over a good checkpoint
         atomic_save(
             {
                 "model": model.state_dict(),
@@ -253,6 +285,7 @@ def run(
                 "history": history,
                 "resume_key": resume_key(recipe),
                 "recipe": recipe.to_dict(),
+                "clocks": {**clocks, **elapsed(), **loss_so_far()},
             },
             checkpoint_path,
         )
@@ -279,10 +312,29 @@ def run(
             ]
         return loaded
 
-    running_loss: torch.Tensor | float = 0.0  # summed on the device: no sync per step
-    running_count = 0
-    train_started = time.perf_counter()
-    with Progress(recipe.name, total=last_step, start=session.step, enabled=progress) as bar:
+    running_loss: torch.Tensor | float = float(clocks["loss_sum"])  # summed on the device
+    running_count = int(clocks["loss_count"])
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
+    started_wall, started_cpu = time.perf_counter(), time.process_time()
+
+    def elapsed() -> dict[str, float]:
+        return {
+            "train_s": clocks["train_s"] + time.perf_counter() - started_wall,
+            "train_cpu_s": clocks["train_cpu_s"] + time.process_time() - started_cpu,
+        }
+
+    def loss_so_far() -> dict[str, float]:
+        return {"loss_sum": float(running_loss), "loss_count": running_count}
+
+    def check_finite() -> None:
+        """Synchronise once (at logging, evaluation and checkpoints), never per step."""
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(bad)
+
+    with Progress(
+        label or recipe.name, total=last_step, start=session.step, enabled=progress
+    ) as bar:
         while session.step < last_step:
             micro = micro_batches(session.step)
             model.train()
@@ -303,19 +355,27 @@ def run(
                 return total  # type: ignore[return-value]
 
             loss = optimizer.step(closure)
+            step = session.step
             session.step_end(loss)
-            running_loss = running_loss + loss.detach()
-            running_count += 1
+            if not optimizer.skipped:
+                detached = loss.detach()
+                first_bad = torch.where(
+                    (first_bad < 0) & ~torch.isfinite(detached), step + 1, first_bad
+                )
+                running_loss = running_loss + detached
+                running_count += 1
             if on_step is not None:
                 on_step(session)
             if session.step % config.train.log_every == 0 or session.step == last_step:
+                check_finite()
                 bar.update(
                     session.step,
                     epoch=clock.epoch_of(session.step),
-                    loss=float(running_loss) / running_count,
+                    loss=float(running_loss) / max(running_count, 1),
                 )
             if session.step % eval_every == 0 or session.step == last_step:
-                row = evaluate(float(running_loss) / max(running_count, 1))
+                check_finite()
+                row = evaluate(float(running_loss) / running_count if running_count else None)
                 running_loss, running_count = 0.0, 0
                 bar.log(
                     f"step {row['step']} (epoch {row['epoch']:.2f}): {metric.title} "
@@ -324,7 +384,7 @@ def run(
                 )
             if checkpoint_every and session.step % checkpoint_every == 0:
                 save_checkpoint()
-    train_time = time.perf_counter() - train_started
+    times = elapsed()
     save_checkpoint()
     atomic_save(model.state_dict(), out / MODEL)
 
@@ -345,7 +405,8 @@ def run(
             "history": history,
             "steps_per_epoch": clock.steps_per_epoch,
             "skipped_steps": session.scaler.skipped_steps,
-            "train_time_s": train_time,
+            "train_time_s": times["train_s"],
+            "train_cpu_s": times["train_cpu_s"],
             "wall_time_s": time.perf_counter() - started,
             "seed": config.train.seed,
             "recipe_config": recipe.to_dict(),
@@ -353,6 +414,17 @@ def run(
     )
     atomic_write_json(report, out / REPORT)
     return report
+
+
+class NonFiniteLoss(CompressorError):
+    """The training loss stopped being a finite number: the run failed at ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(
+            f"the training loss is not finite (NaN or infinite) at step {step}; the run stopped "
+            "and the last checkpoint before it is intact (train.nonfinite: skip skips such steps)"
+        )
+        self.step = step
 
 
 def format_metric(value: float, percent: bool) -> str:

@@ -33,6 +33,7 @@ from compressor.plugin_api import (
     Modifier,
     StepSpec,
     TypeConfig,
+    epochs_of,
     hookimpl,
 )
 from compressor_plugins.blocks.unify import (
@@ -105,7 +106,9 @@ class ADMM(Modifier):
                 f"layers: {', '.join(transposed)}"
             )
         self.params = {t.name: t.param for t in self.operator.targets}
-        self.every = max(1, context.clock.steps(c.update_every))
+        if epochs_of(c.update_every) == 0 or c.update_every == 0:
+            raise ConfigError("update_every must be positive", ("update_every",))
+        self.every = max(1, context.clock.steps(c.update_every))  # a fraction of a step: every step
         self.finish = context.clock.steps(c.finish_at, (2 * context.clock.total_steps) // 3)
         self.rho = float(c.rho.initial)
         self.Z: dict[str, torch.Tensor] | None = None

@@ -19,9 +19,20 @@ from compressor.plugin_api import (
     StepClock,
     StepSpec,
     TypeConfig,
+    epochs_of,
     hookimpl,
     same_unit_order,
 )
+
+
+def check_within(clock: StepClock, step: int, field: str) -> None:
+    """A point after the last step would never be reached: refuse it (ConfigError)."""
+    if step > clock.total_steps:
+        raise ConfigError(
+            f"{field} is step {step}, after the last step ({clock.total_steps}): it would never "
+            "be reached",
+            (field,),
+        )
 
 
 class Constant(Schedule):
@@ -65,11 +76,14 @@ class Ramp(Schedule):
         super().__init__(config, clock)
         self.start = clock.steps(config.start)
         self.end = clock.steps(config.end, default=clock.total_steps)
-        self.every = max(clock.steps(config.every), 1)
+        if config.every == 0 or epochs_of(config.every) == 0:
+            raise ConfigError("every must be positive", ("every",))
+        self.every = max(1, clock.steps(config.every))  # a fraction of a step: every step
         if self.end < self.start:
             raise ConfigError(
                 f"end (step {self.end}) is before start (step {self.start})", ("end",)
             )
+        check_within(clock, self.end, "end")
 
     def shape(self, fraction: float) -> float:
         raise NotImplementedError
@@ -147,6 +161,8 @@ class Cosine(Schedule):
         super().__init__(config, clock)
         self.warmup = clock.steps(config.warmup)
         self.end = clock.steps(config.end, default=clock.total_steps)
+        check_within(clock, self.end, "end")
+        check_within(clock, self.warmup, "warmup")
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:

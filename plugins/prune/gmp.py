@@ -104,6 +104,12 @@ class OneShot(Modifier):
         super().__init__(config, context)
         self.operator = context.build_operator(config.operator)
         self.at = context.clock.steps(config.at)
+        if self.at > context.clock.total_steps:
+            raise ConfigError(
+                f"at is step {self.at}, after the last step ({context.clock.total_steps}): "
+                "it would never prune",
+                ("at",),
+            )
         given = [] if config.sparsity is None else [config.sparsity]
         (self.sparsity,) = self.operator.levels(given, loc=("sparsity",))
         self.done = False

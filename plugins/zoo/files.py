@@ -35,7 +35,7 @@ from compressor.plugin_api import (
 class ArrayFiles(BaseModel):
     """Inputs and labels in two ``.npy`` files."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     x: str
     y: str

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -60,7 +60,7 @@ class MLPBuilder(ModelBuilder):
 
     class Config(TypeConfig):
         name: Literal["mlp"]
-        hidden: list[int] = Field(default_factory=lambda: [64])
+        hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
 
     def build(self, info: DataInfo) -> nn.Module:
         layers: list[nn.Module] = [nn.Flatten()]

@@ -119,7 +119,9 @@ def test_the_own_loop_example_in_data_md_runs(
     import runpy
 
     page = (ROOT / "docs" / "data.md").read_text()
-    (code,) = [body for lang, body in BLOCK.findall(page) if lang == "python" and "Session(" in body]
+    (code,) = [
+        body for lang, body in BLOCK.findall(page) if lang == "python" and "Session(" in body
+    ]
     script = tmp_path / "own_loop.py"
     script.write_text(code)
     runpy.run_path(str(script), run_name="__main__")

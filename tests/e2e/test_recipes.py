@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from compressor.host.manager import Plugins
-from compressor.recipe.schema import apply_overrides, validate_source
+from compressor.recipe.overrides import apply_overrides
+from compressor.recipe.schema import validate_source
 from compressor.recipe.source import read_yaml
 from compressor.train.loop import run
 from tests.support import ROOT

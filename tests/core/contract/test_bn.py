@@ -163,3 +163,21 @@ def test_recalibration_calls_the_model_as_told() -> None:
 
     recalibrate_bn(model, [{"x": b} for b in draws(torch.randn(50, 3), 3, 10)], forward=forward)
     assert seen == [10, 10, 10] and int(model[0].num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("count", [1, 5, 20, 100])
+def test_recalibrated_statistics_are_the_plain_average_of_the_batches(count: int) -> None:
+    """A cumulative average: with momentum 0.1, 1 or 5 batches would leave the statistics
+    mostly at their reset values (mean 0, variance 1)."""
+    torch.manual_seed(count)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    x = torch.randn(500, 3) * 3 + 2
+    batches = draws(x, count, 32, seed=count)
+    recalibrate_bn(model, batches)
+    with torch.no_grad():
+        outs = [model[0](b) for b in batches]
+    mean = torch.stack([o.mean(0) for o in outs]).mean(0)
+    var = torch.stack([o.var(0, unbiased=True) for o in outs]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model[1].running_var, var, atol=1e-4, rtol=1e-5)
+    assert model[1].momentum == 0.1  # the layer's own momentum is back

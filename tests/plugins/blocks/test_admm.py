@@ -21,7 +21,8 @@ from compressor import Session  # noqa: E402
 from compressor.contract.files import atomic_save  # noqa: E402
 from compressor.contract.files import load_checkpoint as load  # noqa: E402
 from compressor.host.manager import Plugins, load_plugins  # noqa: E402
-from compressor.recipe.schema import Recipe, apply_overrides, recipe_from_text  # noqa: E402
+from compressor.recipe.overrides import apply_overrides  # noqa: E402
+from compressor.recipe.schema import Recipe, recipe_from_text  # noqa: E402
 from compressor_plugins.blocks.unify import PRUNED, UNIFIED  # noqa: E402
 from compressor_plugins.blocks.view import layout_of, to_blocks  # noqa: E402
 from tests.support import ROOT  # noqa: E402
