@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a .venv in the repository root with compressor and its test tools.
 # Re-running is cheap: it reinstalls only when pyproject.toml or the constraints change.
+#   bash scripts/setup.sh            .venv        (CPU torch, constraints.txt)
+#   bash scripts/setup.sh --vision   .venv-vision (torch + torchvision, constraints-vision.txt)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
+constraints="$root/scripts/constraints.txt"
+extras="dev,hf"
+case "${1:-}" in
+  "") ;;
+  --vision)
+    venv="$root/.venv-vision"
+    constraints="$root/scripts/constraints-vision.txt"
+    extras="dev,vision"
+    ;;
+  *) echo "usage: $0 [--vision]" >&2; exit 2 ;;
+esac
 stamp="$venv/.compressor-setup"
-want="$(cat "$root/pyproject.toml" "$root/scripts/constraints.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" "$constraints" | sha256sum | cut -d' ' -f1)"
 link_import_names() {
   # plugins/ is imported as compressor_plugins; mypy needs a folder of that name to find it.
   mkdir -p "$venv/import-names"
@@ -18,8 +31,8 @@ fi
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints.txt" torch
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints.txt" -e "$root[dev,hf]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints" torch
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints" -e "$root[$extras]"
 link_import_names
 echo "$want" > "$stamp"
 echo "compressor set up in $venv" >&2
