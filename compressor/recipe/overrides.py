@@ -82,6 +82,10 @@ def set_path(data: Any, keys: list[str], value: Any, item: str) -> None:
             if last:
                 node[key] = value
             elif key not in node or node[key] is None:
+                if keys[depth + 1].lstrip("-").isdigit():
+                    raise OverrideError(
+                        item, f"there is no list '{where}' to take item {keys[depth + 1]} of"
+                    )
                 node[key] = {}
                 node = node[key]
             elif isinstance(node[key], dict | list):

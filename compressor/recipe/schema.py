@@ -34,10 +34,8 @@ from compressor.host.registry import Registries, Registry
 from compressor.recipe.source import Source, parse_yaml, read_yaml
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(TypeConfig):
     """How long and how to train (the built-in loop); steps are the unit, epochs are sugar."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epochs: int = Field(10, gt=0)
     max_steps: int | None = Field(
@@ -373,6 +371,8 @@ def validate_source(source: Source, registries: Registries) -> Recipe:
     model = build_recipe_model(registries)
     if not isinstance(source.data, dict):
         raise source.error((), "a recipe must be a mapping of sections (name:, model:, data:, ...)")
+    if not source.data:
+        raise source.error((), "the recipe is empty: it needs at least name: and optimizer:")
     try:
         config = model.model_validate(source.data)
     except ValidationError as exc:

@@ -91,6 +91,12 @@ def _scan(text: str, file: str) -> None:
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         if isinstance(event, yaml.NodeEvent):
+            if getattr(event, "tag", None) == "tag:yaml.org,2002:binary":
+                raise _fail(
+                    file,
+                    *_mark_of(event.start_mark),
+                    "binary data (!!binary) is not a recipe value",
+                )
             nodes += 1
             if nodes > MAX_NODES:
                 raise _fail(file, *_mark_of(event.start_mark), f"more than {MAX_NODES} values")
@@ -140,8 +146,14 @@ def parse_yaml(text: str, file: str = "<recipe>") -> Source:
         line, col = _mark_of(mark)
         message = f"YAML syntax error: {exc.problem or exc.context}"
         raise RecipeError([Problem(file, line, col, "", message)]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, controls)
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise _fail(
+            file, line, col, f"character {exc.character!r} is not allowed in YAML"
+        ) from None
     except yaml.YAMLError as exc:
-        raise _fail(file, 1, 1, f"YAML error: {exc}") from None
+        raise _fail(file, 1, 1, f"YAML error: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise _fail(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels") from None
     source = Source(file=file, data=data if data is not None else {})

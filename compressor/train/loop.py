@@ -263,7 +263,7 @@ def run(
             )
         model.load_state_dict(state["model"])
         session.load_state_dict(state["session"])
-        history = list(state["history"])
+        history = [row for row in state["history"] if not row.get("partial")]
         clocks = dict(state.get("clocks", clocks))
 
     clock = session.clock
@@ -373,10 +373,14 @@ def run(
                     epoch=clock.epoch_of(session.step),
                     loss=float(running_loss) / max(running_count, 1),
                 )
-            if session.step % eval_every == 0 or session.step == last_step:
+            scheduled = session.step % eval_every == 0
+            if scheduled or session.step == last_step:
                 check_finite()
                 row = evaluate(float(running_loss) / running_count if running_count else None)
-                running_loss, running_count = 0.0, 0
+                if scheduled:
+                    running_loss, running_count = 0.0, 0
+                else:  # the run stops here, off the schedule: a resumed run replaces this row
+                    row["partial"] = True
                 bar.log(
                     f"step {row['step']} (epoch {row['epoch']:.2f}): {metric.title} "
                     f"{format_metric(row[f'test_{metric.name}'], metric.percent)}, "

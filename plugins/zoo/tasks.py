@@ -119,7 +119,11 @@ class MaskedLM(Task):
     class Config(TypeConfig):
         name: Literal["masked_lm"] = "masked_lm"
         mask_token: int = Field(ge=0, description="the id of the [MASK] token")
-        vocab_size: int = Field(gt=0, description="random replacements are drawn below this id")
+        vocab_size: int | None = Field(
+            None,
+            gt=0,
+            description="random replacements are drawn below this id (default: mask_token)",
+        )
         probability: float = Field(0.15, gt=0.0, lt=1.0)
 
     metric = Metric("perplexity", "test perplexity (masked tokens)", higher_is_better=False)
@@ -134,7 +138,8 @@ class MaskedLM(Task):
         masked = ids.clone()
         masked[chosen.to(ids.device) & (kind < 0.8)] = c.mask_token
         swap = chosen.to(ids.device) & (kind >= 0.8) & (kind < 0.9)
-        random = torch.randint(c.vocab_size, ids.shape, generator=generator).to(ids.device)
+        vocab = c.vocab_size or max(c.mask_token, 1)
+        random = torch.randint(vocab, ids.shape, generator=generator).to(ids.device)
         masked[swap] = random[swap]
         extra = (
             {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}

@@ -131,3 +131,17 @@ def test_evaluate_rejects_bad_options_cleanly(
     assert main(["evaluate", str(out), *options]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_explain_shows_the_optimizer_and_wrapper_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.support import ROOT
+
+    assert main(["explain", str(ROOT / "recipes" / "cram-plus-multi-mnist1d.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer: sgd (lr 0.1, weight_decay 0.0005, momentum 0.9, nesterov True" in out
+    assert (
+        "wrapper: cram (rho 0.02, plus True, sparse_grad True, sparsities [0.7, 0.8, 0.9, 0.95]"
+        in out
+    )

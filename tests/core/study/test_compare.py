@@ -199,3 +199,33 @@ def test_the_embedded_default_study_validates(plugins: Plugins) -> None:
     epochs = {t.recipe.config.train.epochs for t in study.trials}
     assert epochs == {8}
     assert all(t.recipe.config.evaluate.oneshot is not None for t in study.trials)
+
+
+def test_labels_that_sanitise_alike_get_their_own_folders(plugins: Plugins, tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(RECIPE.format(name="a"))
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nrecipes:\n  - {path: a.yaml, label: 'GMP 90%'}\n  - {path: a.yaml, label: 'GMP 90?'}\n"
+    )
+    study = load_study(tmp_path / "s.yaml", plugins.registries)
+    folders = [t.folder for t in study.trials]
+    assert len(set(folders)) == 2 and all(f.startswith("GMP-90-") for f in folders)
+
+
+def test_shared_replaces_a_section_whose_type_changes(plugins: Plugins, tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        RECIPE.format(name="a")
+        .replace("{name: synthetic, samples: 64,", "{name: mnist1d, samples: 200,")
+        .replace("features: 8, classes: 3, ", "")
+    )
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nshared:\n  data: {name: synthetic, features: 5}\nrecipes: [a.yaml]\n"
+    )
+    (trial,) = load_study(tmp_path / "s.yaml", plugins.registries).trials
+    data = trial.recipe.config.data
+    assert data.name == "synthetic" and data.features == 5 and data.samples == 512  # its default
+
+
+def test_validate_checks_a_study_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(tmp_path, with_oneshot=False)
+    assert main(["validate", str(path)]) == 0
+    assert "ok — study 'tiny', 2 recipe(s) × 2 seed(s) = 4 runs" in capsys.readouterr().out
