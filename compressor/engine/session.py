@@ -188,11 +188,26 @@ class Session:
 
     # -- the training-step protocol ----------------------------------------------------------
 
-    def optimizer(self, params: Iterable[nn.Parameter] | None = None) -> SessionOptimizer:
-        """The recipe's base optimizer, wrapped (SAM, CrAM, ...) if the recipe says so."""
+    def optimizer(
+        self,
+        params: Iterable[nn.Parameter] | None = None,
+        *,
+        base: torch.optim.Optimizer | None = None,
+    ) -> SessionOptimizer:
+        """The optimizer to train with: the recipe's base optimizer — or ``base``, one you
+        built yourself — wrapped (SAM, CrAM, ...) if the recipe says so. Its state (the base
+        optimizer's) is part of :meth:`state_dict` either way."""
         config = self.recipe.config
-        factory = self.registries.optimizers.build(config.optimizer)
-        base = factory.build(list(params) if params is not None else list(self.model.parameters()))
+        if base is None:
+            if config.optimizer is None:
+                raise self.recipe.error(
+                    (),
+                    "missing 'optimizer:' section (or pass your own: session.optimizer(base=...))",
+                )
+            factory = self.registries.optimizers.build(config.optimizer)
+            base = factory.build(
+                list(params) if params is not None else list(self.model.parameters())
+            )
         for group in base.param_groups:
             group.setdefault("initial_lr", group["lr"])
         inner: torch.optim.Optimizer = base

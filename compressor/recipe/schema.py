@@ -229,7 +229,7 @@ def build_recipe_model(registries: Registries) -> type[BaseModel]:
         "data": (union("datasets") | None, None),
         "task": (union("tasks") | None, None),
         "train": (TrainConfig, TrainConfig()),
-        "optimizer": (union("optimizers"), ...),
+        "optimizer": (union("optimizers") | None, None),
         "lr_schedule": (union("schedules") | None, None),
         "wrapper": (union("wrappers") | None, None),
         "modifiers": (list[union("modifiers")], []),  # type: ignore[misc]
@@ -372,7 +372,7 @@ def validate_source(source: Source, registries: Registries) -> Recipe:
     if not isinstance(source.data, dict):
         raise source.error((), "a recipe must be a mapping of sections (name:, model:, data:, ...)")
     if not source.data:
-        raise source.error((), "the recipe is empty: it needs at least name: and optimizer:")
+        raise source.error((), "the recipe is empty: it needs at least a name:")
     try:
         config = model.model_validate(source.data)
     except ValidationError as exc:

@@ -51,7 +51,7 @@ class Prepared:
 
 def require_sections(recipe: Recipe) -> None:
     """``compressor run`` needs ``model:`` and ``data:`` (recipes for your own loop do not)."""
-    for section in ("model", "data"):
+    for section in ("model", "data", "optimizer"):
         if getattr(recipe.config, section) is None:
             raise recipe.error(
                 (),
