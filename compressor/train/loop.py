@@ -106,6 +106,13 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
         return Batches(data if data is not None else dataset.build(), settings, config.train.seed)
 
     batches: Batches | Callable[[], Batches] = make_batches() if data is not None else make_batches
+
+    def calibration(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
+        # the run context's (built just below; a generator, so nothing runs before it
+        # exists): data-aware operators of modifiers and wrappers calibrate on the run's
+        # data, exactly as evaluators do
+        yield from context.calibration_batches(samples, seed, count, size)
+
     session = Session(
         model,
         recipe,
@@ -114,6 +121,7 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
         ),
         plugins=plugins,
         example_inputs=lambda n: _example(batches, task, info, n),
+        calibration=calibration,
     )
     context = RunContext(
         session,
