@@ -9,7 +9,8 @@ loads them by these names and never imports them itself. Families:
 * ``optim`` — sgd/adamw, schedules, SAM, CrAM;      * ``prune`` — magnitude, GMP, one-shot;
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
-* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks.
+* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks;
+* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot).
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -37,5 +38,9 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.channel.operator",
     "compressor_plugins.export.pruned",
     "compressor_plugins.evaluate.realised",
+    "compressor_plugins.posttrain.wanda",
+    "compressor_plugins.posttrain.sparsegpt",
+    "compressor_plugins.posttrain.quant",
+    "compressor_plugins.posttrain.export",
 )
 """Built-in plugin modules, in registration order."""
