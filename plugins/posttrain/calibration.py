@@ -9,8 +9,9 @@ for Wanda, ``H = 2·X·Xᵀ`` for the OBS solvers. :class:`DataAwareOperator` ge
   samples)``: one batch holding the whole subset, evaluation transforms, on the model's device)
   and split into forward passes of ``calibration.batch_size``. The inputs (not activations) are
   kept on the operator and reused for every layer and every later call.
-* **Model order.** One probe forward pass records the order in which the target modules are
-  first called (execution order, not registration order) and how often each is called.
+* **Model order.** One probe forward pass (on two samples) records the order in which the
+  target modules are first called (execution order, not registration order) and how often
+  each is called per forward.
 * **Sequential mode.** Layers are compressed one at a time in that order. A forward pre-hook on
   the current layer turns its input into GEMM columns and adds them to the layer's statistics,
   batch by batch, so only one layer's statistics exist at a time (memory: ``cols²`` for a
@@ -65,6 +66,7 @@ from compressor.plugin_api import (
     freeze_bn_stats,
 )
 from compressor_plugins.nm.operator import NMSkippedWarning, from_group_layout, to_group_layout
+from compressor_plugins.prune.magnitude import keep_count, topk_masks
 
 __all__ = [
     "CalibrationConfig",
@@ -388,6 +390,23 @@ class DataAwareOperator(Operator):
                 stacklevel=3,
             )
 
+    def layer_sparsities(
+        self, weights: dict[str, torch.Tensor], sparsity: float
+    ) -> dict[str, float]:
+        """Each layer's target: ``sparsity`` itself (``scope: layer``, uniform, as the papers
+        do), or with ``scope: global`` the fraction of the layer that one global magnitude
+        threshold over all of ``weights`` (as given, before any is compressed) would prune —
+        magnitude's allocation, so the total pruned count is exactly magnitude's."""
+        if getattr(self.config, "scope", "layer") != "global":
+            return {name: sparsity for name in weights}
+        scores = [w.detach().abs().flatten() for w in weights.values()]
+        total = sum(x.numel() for x in scores)
+        kept = topk_masks(scores, keep_count(total, sparsity))
+        return {
+            name: 1.0 - int(mask.sum()) / mask.numel()
+            for name, mask in zip(weights, kept, strict=True)
+        }
+
     # -- the sequential driver ---------------------------------------------------------------
 
     def compute_dtype(self, weight: torch.Tensor) -> torch.dtype:
@@ -409,8 +428,8 @@ class DataAwareOperator(Operator):
             calls[key] += 1
 
         handles = [m.register_forward_pre_hook(probe) for m in modules.values()]
-        try:
-            self.forward(model, inputs[0])
+        try:  # two samples suffice to see the order (one would break BN on batch statistics)
+            self.forward(model, split_inputs(inputs[0], 2)[0])
         finally:
             for handle in handles:
                 handle.remove()
@@ -462,6 +481,7 @@ class DataAwareOperator(Operator):
                 f"{', '.join(unknown)}"
             )
         inputs = self.calibration_inputs()
+        levels = self.layer_sparsities(weights, sparsity)
         results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with calibration_mode(model, self.config.calibration.bn):
             order = [(t, n) for t, n in self._execution_order(model, inputs) if t.name in weights]
@@ -481,7 +501,7 @@ class DataAwareOperator(Operator):
                     dtype = self.compute_dtype(stored)
                     stats = self.statistics(model, target, calls, inputs, dtype)
                     value2d, mask2d = self.compress_layer(
-                        target, gemm_view(oriented).to(dtype, copy=True), stats, sparsity
+                        target, gemm_view(oriented).to(dtype, copy=True), stats, levels[target.name]
                     )
                     del stats
                     value = self.out_in(

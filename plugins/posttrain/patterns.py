@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["check_nm", "nm_label"]
+__all__ = ["check_nm", "check_scope", "nm_label"]
 
 
 def check_nm(value: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -18,3 +18,9 @@ def check_nm(value: tuple[int, int] | None) -> tuple[int, int] | None:
 def nm_label(value: tuple[int, int]) -> str:
     """``(2, 4)`` -> ``'2:4'``."""
     return f"{value[0]}:{value[1]}"
+
+
+def check_scope(nm: tuple[int, int] | None, scope: str) -> None:
+    """An N:M pattern fixes every layer's sparsity: a global allocation cannot apply."""
+    if nm is not None and scope == "global":
+        raise ValueError("scope: global allocates unstructured sparsity; drop it for nm")

@@ -189,9 +189,11 @@ def gptq_layer(
     group_size: int | None = None,
     block_size: int = 128,
     damp: float = 0.01,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """GPTQ on one GEMM weight ``[rows, cols]`` (a copy is made); zeros stay zero."""
-    w = weight.clone()
+    """GPTQ on one GEMM weight ``[rows, cols]``; zeros stay zero. Returns ``weight`` itself,
+    updated, with ``inplace``, else a new tensor."""
+    w = weight if inplace else weight.clone()
     keep = w != 0
     if group_size is not None:  # every group inside one block, read fully updated
         block_size = max(group_size, block_size - block_size % group_size)
@@ -241,6 +243,7 @@ class GPTQ(DataAwareOperator):
             group_size=c.group_size,
             block_size=c.block_size,
             damp=c.damp,
+            inplace=True,  # weight is the driver's own copy
         )
         return value, value != 0
 

@@ -14,6 +14,10 @@ earlier columns' updates left them:
   of the group are kept (``block_size`` must be a multiple of M). Layers whose input dimension
   is not a multiple of M are skipped with one warning and stay dense.
 
+Allocation: ``scope: layer`` (default, the paper's) prunes every layer to ``s``;
+``scope: global`` gives each layer the sparsity one global magnitude threshold over all targets
+would (magnitude's allocation), then solves each layer at that sparsity.
+
 Then column by column: pruned entries become exactly zero, the error ``(w_j − ŵ_j)/U_jj`` updates
 the block's later columns through ``U[j, j+1:]``, and after the block all later columns get the
 lazy update. The kept weights change, so this is a projection (``compute_project``); its mask
@@ -36,7 +40,7 @@ from compressor_plugins.posttrain.calibration import (
     LayerStatistics,
 )
 from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
-from compressor_plugins.posttrain.patterns import check_nm, nm_label
+from compressor_plugins.posttrain.patterns import check_nm, check_scope, nm_label
 from compressor_plugins.posttrain.wanda import group_keep
 from compressor_plugins.prune.magnitude import keep_count, topk_mask
 
@@ -93,9 +97,11 @@ def sparsegpt_layer(
     nm: tuple[int, int] | None = None,
     block_size: int = 128,
     damp: float = 0.01,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT on one GEMM weight ``[rows, cols]`` (a copy is made): ``(Ŵ, keep-mask)``."""
-    w = weight.clone()
+    """SparseGPT on one GEMM weight ``[rows, cols]``: ``(Ŵ, keep-mask)`` (``Ŵ`` is ``weight``
+    itself, updated, with ``inplace``; a new tensor otherwise)."""
+    w = weight if inplace else weight.clone()
     rows, cols = w.shape
     factor = inverse_hessian_factor(hessian, damp).to(w.device)
     if nm is not None:
@@ -116,6 +122,11 @@ class SparseGPT(DataAwareOperator):
         nm: tuple[int, int] | None = Field(
             None, description="[N, M]: keep N of every M consecutive inputs instead"
         )
+        scope: Literal["layer", "global"] = Field(
+            "layer",
+            description="each layer at the target sparsity (layer), or per-layer targets "
+            "from one global magnitude threshold (global)",
+        )
         block_size: int = Field(128, gt=0, description="columns per lazy-update block (B)")
         damp: float = Field(0.01, gt=0, description="λ = damp · mean(diag H)")
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
@@ -127,6 +138,7 @@ class SparseGPT(DataAwareOperator):
 
         @model_validator(mode="after")
         def _blocks_hold_groups(self) -> SparseGPT.Config:
+            check_scope(self.nm, self.scope)
             if self.nm is not None and self.block_size % self.nm[1]:
                 raise ValueError(
                     f"block_size {self.block_size} must be a multiple of the group size "
@@ -150,7 +162,8 @@ class SparseGPT(DataAwareOperator):
     def label(self, sparsity: float | None) -> str:
         if self.config.nm is not None:
             return f"sparsegpt {nm_label(self.config.nm)}"
-        return f"sparsegpt {self.target(sparsity):g}"
+        scope = " global" if self.config.scope == "global" else ""
+        return f"sparsegpt{scope} {self.target(sparsity):g}"
 
     def compute_project(
         self,
@@ -168,8 +181,14 @@ class SparseGPT(DataAwareOperator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert stats.value is not None
         c = self.config
-        return sparsegpt_layer(
-            weight, stats.value, sparsity, nm=c.nm, block_size=c.block_size, damp=c.damp
+        return sparsegpt_layer(  # weight is the driver's own copy
+            weight,
+            stats.value,
+            sparsity,
+            nm=c.nm,
+            block_size=c.block_size,
+            damp=c.damp,
+            inplace=True,
         )
 
 

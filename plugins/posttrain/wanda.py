@@ -8,6 +8,11 @@ input index — or, with ``nm: [N, M]``, the N largest of every group of M conse
 (along the input axis; for convolutions inputs at one kernel position, as for ``nm``).
 Weights are not updated: a masking operator. A layer whose input dimension is not a multiple
 of M is skipped with one warning and stays dense, as with the ``nm`` operator.
+
+Allocation: ``scope: layer`` (default, the paper's) prunes every layer to ``s``;
+``scope: global`` gives each layer the sparsity one global magnitude threshold over all targets
+would (magnitude's allocation, the one ``magnitude`` with ``scope: global`` and CrAM use), then
+chooses within each layer by Wanda's score.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from compressor.plugin_api import (
@@ -30,7 +35,7 @@ from compressor_plugins.posttrain.calibration import (
     DataAwareOperator,
     LayerStatistics,
 )
-from compressor_plugins.posttrain.patterns import check_nm, nm_label
+from compressor_plugins.posttrain.patterns import check_nm, check_scope, nm_label
 from compressor_plugins.prune.magnitude import keep_count
 
 __all__ = ["Wanda", "group_keep", "row_keep"]
@@ -60,12 +65,22 @@ class Wanda(DataAwareOperator):
         nm: tuple[int, int] | None = Field(
             None, description="[N, M]: keep N of every M consecutive inputs instead"
         )
+        scope: Literal["layer", "global"] = Field(
+            "layer",
+            description="each layer at the target sparsity (layer), or per-layer targets "
+            "from one global magnitude threshold (global)",
+        )
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
         @field_validator("nm")
         @classmethod
         def _nm(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
             return check_nm(value)
+
+        @model_validator(mode="after")
+        def _scope(self) -> Wanda.Config:
+            check_scope(self.nm, self.scope)
+            return self
 
     STATISTIC = "norms"
 
@@ -83,7 +98,8 @@ class Wanda(DataAwareOperator):
     def label(self, sparsity: float | None) -> str:
         if self.config.nm is not None:
             return f"wanda {nm_label(self.config.nm)}"
-        return f"wanda {self.target(sparsity):g}"
+        scope = " global" if self.config.scope == "global" else ""
+        return f"wanda{scope} {self.target(sparsity):g}"
 
     def compute_masks(
         self,

@@ -134,3 +134,32 @@ def test_bad_configs() -> None:
         build({"kind": "sparsegpt", "nm": [2, 4], "block_size": 6})
     with pytest.raises(ValidationError, match="1 <= N < M"):
         build({"kind": "sparsegpt", "nm": [4, 4]})
+
+
+@pytest.mark.parametrize("kind", ["sparsegpt", "wanda"])
+def test_global_scope_allocates_like_global_magnitude(kind: str) -> None:
+    """Per-layer targets from one magnitude threshold: each layer prunes exactly as many
+    weights as global magnitude does there (SparseGPT; Wanda within a row's rounding)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
+    with torch.no_grad():
+        model[2].weight.mul_(4)  # a layer of large weights: global magnitude spares it
+    x = torch.randn(64, 8)
+    operator = bound({"kind": kind, "scope": "global"}, model, [x])
+    magnitude = bound({"kind": "magnitude", "scope": "global"}, model)
+    ours = operator.project(weights_of(operator), 0.7)
+    plain = magnitude.project(weights_of(magnitude), 0.7)
+    for name in ours:
+        zeros, expected = int((ours[name] == 0).sum()), int((plain[name] == 0).sum())
+        rows = ours[name].shape[0]
+        assert zeros == expected if kind == "sparsegpt" else abs(zeros - expected) <= rows
+    assert int((plain["2.weight"] == 0).sum()) < 0.6 * plain["2.weight"].numel()  # not uniform
+    assert operator.label(0.7) == f"{kind} global 0.7"
+    from pydantic import ValidationError
+
+    from tests.plugins.posttrain.support import build
+
+    with pytest.raises(ValidationError, match="scope: global"):
+        build({"kind": kind, "scope": "global", "nm": [2, 4]})
