@@ -143,6 +143,13 @@ def prepare(
         return Batches(data if data is not None else dataset.build(), settings, config.train.seed)
 
     batches: Batches | Callable[[], Batches] = make_batches() if data is not None else make_batches
+
+    def calibration(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
+        # the run context's (built just below; a generator, so nothing runs before it
+        # exists): data-aware operators of modifiers and wrappers calibrate on the run's
+        # data, exactly as evaluators do
+        yield from context.calibration_batches(samples, seed, count, size)
+
     session = Session(
         model,
         recipe,
@@ -154,6 +161,7 @@ def prepare(
         ),
         plugins=plugins,
         example_inputs=lambda n: _example(batches, task, info, n),
+        calibration=calibration,
     )
     context = RunContext(
         session,
