@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny data/model, seed 0 (seconds)")
     parser.add_argument("--json", type=Path, default=None, help="result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if not args.report_only:
         study, plugins = load(study_path, out, seeds, overrides)
-        run(study, plugins, out, progress=not (args.quiet or args.smoke))
+        run(study, plugins, out, not (args.quiet or args.smoke), args.jobs, args.threads)
     runs = collect(out)
     if seeds is not None:
         runs = {label: {s: r for s, r in by.items() if s in seeds} for label, by in runs.items()}

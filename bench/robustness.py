@@ -87,10 +87,19 @@ def load(study_path: Path, out: Path, seeds: list[int] | None, overrides: list[s
     return study, plugins
 
 
-def run(study: Any, plugins: Any, out: Path, progress: bool) -> None:
-    from compressor.study.runner import run_study
+def run(
+    study: Any, plugins: Any, out: Path, progress: bool, jobs: int = 1, threads: int = 1
+) -> None:
+    """Run the study; ``jobs`` > 1: that many worker processes (``threads`` torch threads
+    each). Trials that start ``init_from`` another trial's model (ADMM one-shot + FT) need
+    that trial finished first: the study lists it earlier, but with jobs > 1 run the SGD
+    seeds first (``--seeds``) if the store is empty."""
+    from compressor.study.runner import build_launcher, run_study
 
-    store = run_study(study, out, plugins=plugins, progress=progress)
+    launcher = None
+    if jobs > 1:
+        launcher = build_launcher(plugins, {"name": "local", "jobs": jobs, "threads": threads}, out)
+    store = run_study(study, out, plugins=plugins, progress=progress, launcher=launcher)
     store.close()
 
 
@@ -448,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep", action="store_true", help="the study is the CrAM+ sweep: print its table"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -474,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if not args.report_only:
         study, plugins = load(study_path, out, seeds, overrides)
-        run(study, plugins, out, progress=not (args.quiet or args.smoke))
+        run(study, plugins, out, not (args.quiet or args.smoke), args.jobs, args.threads)
     runs = collect(out)
     if seeds is not None:
         runs = {label: {s: r for s, r in by.items() if s in seeds} for label, by in runs.items()}

@@ -40,6 +40,7 @@ from compressor.contract.exporter import Exporter
 from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.contract.functional import dataset, model
 from compressor.contract.hookspecs import hookimpl
+from compressor.contract.launcher import Events, Job, Launcher, LauncherConfig, Outcome
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optim import DelegatingOptimizer, params_with_grad
@@ -84,7 +85,11 @@ __all__ = [
     "Evaluation",
     "EvaluationContext",
     "Evaluator",
+    "Events",
     "Exporter",
+    "Job",
+    "Launcher",
+    "LauncherConfig",
     "Loc",
     "MaskStore",
     "Metric",
@@ -97,6 +102,7 @@ __all__ = [
     "OptimizerConfig",
     "OptimizerFactory",
     "OptimizerWrapper",
+    "Outcome",
     "PluginError",
     "RegistryRef",
     "Schedule",

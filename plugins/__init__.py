@@ -11,7 +11,8 @@ loads them by these names and never imports them itself. Families:
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
 * ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks,
   and torchvision's (``vision``: imported only when used);
-* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot).
+* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot);
+* ``launch`` — where a study's trials run: ``local`` (``--jobs N``), ``submitit`` (Slurm).
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -44,5 +45,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.posttrain.sparsegpt",
     "compressor_plugins.posttrain.quant",
     "compressor_plugins.posttrain.export",
+    "compressor_plugins.launch.local",
+    "compressor_plugins.launch.submitit",
 )
 """Built-in plugin modules, in registration order."""

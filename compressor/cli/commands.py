@@ -227,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from compressor.study.report import render
-    from compressor.study.runner import run_study
+    from compressor.study.runner import build_launcher, run_study
     from compressor.study.spec import adhoc_study, is_study, load_study
 
     registries = default_plugins().registries
@@ -243,7 +243,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{len(study.trials) // max(len(study.labels), 1)} seed(s) = {len(study.trials)} runs "
         f"→ {out_dir}"
     )
-    store = run_study(study, out_dir, plugins=default_plugins(), progress=not args.quiet)
+    plugins = default_plugins()
+    chosen = launcher_config(study, args)
+    launcher = build_launcher(plugins, chosen, out_dir) if chosen is not None else None
+    store = run_study(study, out_dir, plugins=plugins, progress=not args.quiet, launcher=launcher)
     failed = [row for row in store.runs() if row.status == "failed"]
     store.close()
     render(out_dir, console=out)
@@ -256,6 +259,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def launcher_config(study: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The study's ``launcher:``, with ``--launcher`` (another launcher, its defaults) and
+    ``--jobs`` applied on top; None: one trial after another in this process."""
+    from compressor.study.runner import default_launcher
+
+    data: dict[str, Any] | None = None
+    if study.launcher is not None:
+        data = study.launcher.model_dump()
+    if args.launcher and (data is None or args.launcher != data["name"]):
+        data = {"name": args.launcher}
+    if args.jobs is not None:
+        data = data or {"name": default_launcher(default_plugins())}
+        data["jobs"] = args.jobs
+    return data
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -273,6 +292,16 @@ def with_set(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. train.epochs=2",
     )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -321,6 +350,17 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the study's, or 0)")
     p.add_argument("--out", help="study folder (default runs/studies/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        metavar="N",
+        help="run N trials at once (worker processes; the CPUs are split between them)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=default_plugins().registries.launchers.names(),
+        help="where trials run (default: the study's launcher:, else one by one in this process)",
+    )
     with_set(p)
     p.set_defaults(func=cmd_compare)
 

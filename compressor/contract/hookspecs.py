@@ -119,6 +119,17 @@ def register_exporters(register: Register) -> None:
 
 
 @hookspec
+def register_launchers(register: Register) -> None:
+    """Register launchers: where ``compressor compare`` runs a study's trials.
+
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Launcher`; its
+        ``Config`` has a ``name: Literal[...]`` tag (``compare --launcher NAME``, or a study's
+        ``launcher: {name: ...}``). Built in: ``local`` (this machine, ``--jobs N`` worker
+        processes) and ``submitit`` (Slurm, or submitit's local executor).
+    """
+
+
+@hookspec
 def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add sub-commands to the ``compressor`` command line.
 

@@ -49,6 +49,8 @@ class Plugins:
     registries: Registries
     modules: dict[str, PluginInfo] = field(default_factory=dict)
     """Module name -> the plugin it belongs to (to name the plugin a failure comes from)."""
+    files: tuple[str, ...] = ()
+    """The ``--plugin`` files loaded (absolute): a worker process loads the same ones."""
 
     @property
     def hook(self) -> pluggy.HookRelay:
@@ -161,7 +163,8 @@ def load_plugins(
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
 
-    return Plugins(pm, infos, Registries.collect(pm, infos), modules)
+    files = tuple(str(Path(path).resolve()) for path in plugin_files)
+    return Plugins(pm, infos, Registries.collect(pm, infos), modules, files)
 
 
 def _guarded_import(load: Any, who: str) -> Any:

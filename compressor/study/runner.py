@@ -2,24 +2,28 @@
 
 Finished runs are skipped when the study is run again (an interrupted study resumes where it
 stopped; a run interrupted mid-way continues from its own checkpoint). A failing run is
-recorded with its error and the study goes on.
+recorded with its error and the study goes on. Where the runs execute is the launcher's
+business (:mod:`compressor.contract.launcher`); only this driver writes the store.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
-import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from compressor.contract.errors import CompressorError
 from compressor.contract.evaluation import Evaluation
-from compressor.contract.files import load_checkpoint
+from compressor.contract.launcher import Events, Launcher, Outcome
 from compressor.host.manager import Plugins
 from compressor.study.spec import Study, Trial
 from compressor.study.store import STORE, Point, Store
-from compressor.train.loop import CHECKPOINT, resume_key, run
+from compressor.study.worker import TrialJob, run_job
 from compressor.train.progress import console
 
 
@@ -82,8 +86,10 @@ def run_study(
     plugins: Plugins,
     progress: bool = True,
     rerun_failed: bool = True,
+    launcher: Launcher | None = None,
 ) -> Store:
-    """Run what is not finished yet; return the store."""
+    """Run what is not finished yet through ``launcher`` (default: one at a time, in this
+    process); the driver alone writes the store. Return the store."""
     out = Path(out_dir)
     lock = StudyLock(out)
     try:
@@ -92,63 +98,124 @@ def run_study(
         store.meta("description", study.description)
         store.meta("labels", "\n".join(study.labels))
         store.meta("baseline", study.baseline)
-        total = len(study.trials)
+        if launcher is None:
+            launcher = InProcess(None, out)
+        threads = launcher.threads_per_job()
+        recorder = Recorder(store, out, len(study.trials), progress, launcher.in_process)
+        jobs = []
         for position, trial in enumerate(study.trials, start=1):
             status = store.status(trial.key, trial.recipe.hash())
             if status == "done" or (status == "failed" and not rerun_failed):
                 if progress:
-                    console.print(f"[dim][{position}/{total}] {trial.key}: already {status}[/dim]")
+                    console.print(
+                        f"[dim][{position}/{recorder.total}] {trial.key}: already {status}[/dim]"
+                    )
                 continue
-            if progress:
-                console.rule(f"[bold][{position}/{total}][/bold] {trial.label} · seed {trial.seed}")
-            _run_trial(trial, position, out, store, plugins, progress)
+            job = TrialJob(
+                key=trial.key,
+                label=trial.label,
+                seed=trial.seed,
+                position=position,
+                source=trial.recipe.source,
+                run_dir=str(out / "runs" / trial.folder),
+                plugin_files=plugins.files,
+                threads=threads,
+                progress=progress and launcher.in_process,
+            )
+            recorder.trials[trial.key] = trial
+            jobs.append(job)
+        work: Callable[[TrialJob], Outcome] = run_job
+        if launcher.in_process:
+            work = functools.partial(run_job, plugins=plugins)
+        launcher.run(jobs, work, recorder)
     finally:
         lock.release()
     return store
 
 
-def _run_trial(
-    trial: Trial, position: int, out: Path, store: Store, plugins: Plugins, progress: bool
-) -> None:
-    run_dir = out / "runs" / trial.folder
-    common: dict[str, Any] = {
-        "key": trial.key,
-        "label": trial.label,
-        "seed": trial.seed,
-        "position": position,
-        "recipe_name": trial.recipe.name,
-        "recipe_hash": trial.recipe.hash(),
-    }
-    checkpoint = run_dir / CHECKPOINT
-    try:
-        fresh = checkpoint.exists() and load_checkpoint(checkpoint).get("resume_key") != resume_key(
-            trial.recipe
-        )
-        report = run(
-            trial.recipe,
-            run_dir,
-            plugins=plugins,
-            resume=not fresh,
-            overwrite=fresh,
-            progress=progress,
-            label=f"{trial.label} · seed {trial.seed}",
-        )
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # one failing run must not stop the study
-        message = str(exc) if isinstance(exc, CompressorError) else plugins.explain(exc)
-        store.record(**common, report=None, error=message)
+class InProcess(Launcher):
+    """The engine's own way, when no launcher is named: one trial after another, here."""
+
+    @property
+    def in_process(self) -> bool:
+        return True
+
+    def run(self, jobs: Sequence[Any], work: Callable[[Any], Outcome], events: Events) -> None:
+        for job in jobs:
+            events.started(job, "in this process")
+            events.finished(job, work(job))
+
+
+def build_launcher(plugins: Plugins, config: Any, folder: Path) -> Launcher:
+    """A launcher from its validated config, or a mapping with its ``name``."""
+    registry = plugins.registries.launchers
+    if isinstance(config, dict):
+        try:
+            entry = registry.get(config["name"])
+        except KeyError as exc:
+            raise CompressorError(str(exc.args[0])) from None
+        try:
+            config = entry.config.model_validate(config)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise CompressorError(f"launcher '{entry.name}': {where}: {first['msg']}") from None
+    launcher: Launcher = registry.build(config, folder)
+    return launcher
+
+
+def default_launcher(plugins: Plugins) -> str:
+    """The launcher ``--jobs N`` means when none is named: the first registered as default."""
+    for entry in plugins.registries.launchers:
+        if getattr(entry.cls, "default", False):
+            return entry.name
+    raise CompressorError("no launcher runs trials in parallel here; name one with --launcher")
+
+
+class Recorder:
+    """The driver's side of a launcher: prints progress and records every outcome."""
+
+    def __init__(
+        self, store: Store, out: Path, total: int, progress: bool, in_process: bool
+    ) -> None:
+        self.store, self.out, self.total = store, out, total
+        self.progress, self.in_process = progress, in_process
+        self.trials: dict[str, Trial] = {}
+
+    def started(self, job: TrialJob, where: str) -> None:
+        if not self.progress:
+            return
+        head = f"[bold][{job.position}/{self.total}][/bold] {job.title}"
+        if self.in_process:
+            console.rule(head)
+        else:
+            console.print(f"{head}: started ({where})")
+
+    def finished(self, job: TrialJob, outcome: Outcome) -> None:
+        trial = self.trials[job.key]
+        common: dict[str, Any] = {
+            "key": trial.key,
+            "label": trial.label,
+            "seed": trial.seed,
+            "position": job.position,
+            "recipe_name": trial.recipe.name,
+            "recipe_hash": trial.recipe.hash(),
+        }
+        if outcome.status == "done" and outcome.report is not None:
+            report = outcome.report
+            self.store.record(
+                **common, report=report, metrics=metrics_of(report), curves=curves_of(report)
+            )
+            if self.progress and not self.in_process:
+                console.print(f"[{job.position}/{self.total}] {job.title}: done")
+            return
+        message = outcome.error or "the run failed without a message"
+        self.store.record(**common, report=None, error=message)
+        run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        (run_dir / "error.txt").write_text(outcome.traceback or message)
         console.print(
-            f"[red]{trial.key} failed:[/red] {message} (traceback in {run_dir / 'error.txt'})",
+            f"[red]{trial.key} failed:[/red] {message} (details in {run_dir / 'error.txt'})",
             markup=True,
             highlight=False,
         )
-        return
-    store.record(
-        **common,
-        report=report,
-        metrics=metrics_of(report),
-        curves=curves_of(report),
-    )

@@ -27,12 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from compressor.contract.errors import Loc, Problem, RecipeError, did_you_mean
 from compressor.host.registry import Registries
 from compressor.recipe.overrides import OverrideError, apply_overrides
-from compressor.recipe.schema import Recipe, validate_source, validation_problems
+from compressor.recipe.schema import (
+    Recipe,
+    registry_union,
+    validate_source,
+    validation_problems,
+)
 from compressor.recipe.source import Source, read_yaml
 
 
@@ -54,6 +59,9 @@ class StudyConfig(BaseModel):
     shared: dict[str, Any] = Field(default_factory=dict)
     baseline: str | None = Field(None, description="label ratios are taken against")
     recipes: list[StudyRecipe] = Field(min_length=1)
+    launcher: dict[str, Any] | None = Field(
+        None, description="where the trials run: {name: local, jobs: 2}, {name: submitit, ...}"
+    )
 
     @field_validator("recipes", mode="before")
     @classmethod
@@ -102,6 +110,8 @@ class Study:
     labels: list[str]
     baseline: str
     """The label ratios are taken against (the study's ``baseline:``, else the first)."""
+    launcher: Any = None
+    """The study's validated ``launcher:`` config, if it has one."""
 
 
 TAGS = ("name", "kind", "type", "format")
@@ -229,10 +239,31 @@ def build_study(
         if study is not None:
             raise study.error(("baseline",), message)
         raise RecipeError([Problem("<study>", 1, 1, "baseline", message)])
-    return Study(config.name, config.description, seeds, trials, labels, baseline)
+    launcher = None
+    if config.launcher is not None:
+        launcher = validate_launcher(config.launcher, registries, study)
+    return Study(config.name, config.description, seeds, trials, labels, baseline, launcher)
 
 
-STUDY_KEYS = {"recipes", "recipe", "seeds", "shared", "baseline"}
+def validate_launcher(data: dict[str, Any], registries: Registries, study: Source | None) -> Any:
+    """A ``launcher:`` mapping as the registered launcher's config, errors located in the
+    study file (a ``launcher`` key, as the study file has it)."""
+    section = create_model(
+        "StudyLauncher",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        launcher=(registry_union(registries.launchers, lambda tp: tp), ...),
+    )
+    try:
+        return section.model_validate({"launcher": data}).launcher  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        if study is None:
+            raise RecipeError(
+                [Problem("<launcher>", 1, 1, "launcher", str(exc.errors()[0]["msg"]))]
+            ) from None
+        raise RecipeError(validation_problems(exc, study, section)) from None
+
+
+STUDY_KEYS = {"recipes", "recipe", "seeds", "shared", "baseline", "launcher"}
 
 
 def is_study(data: Any) -> bool:

@@ -55,7 +55,8 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_plugin_kind_has_an_example() -> None:
     files = blocks("file")
     text = "\n".join(files.values())
-    for base in ("Operator", "Schedule", "Modifier", "TwoPassWrapper", "Evaluator", "Exporter"):
+    bases = ("Operator", "Schedule", "Modifier", "TwoPassWrapper", "Evaluator", "Exporter")
+    for base in (*bases, "Launcher"):
         assert f"({base})" in text, base
     for hook in ("register_models", "register_datasets", "step_finished", "register_commands"):
         assert f"def {hook}" in text, hook
@@ -80,7 +81,7 @@ def test_the_examples_run_together_through_the_cli(examples: Path) -> None:
         )
         assert result.returncode == 0, (argv, result.stderr)
         results.append(result)
-    validate, run, export, zeros = results
+    validate, run, export, zeros, compare = results
     assert "together.yaml: ok" in validate.stdout
     report = json.loads((examples / "run" / "report.json").read_text())
     assert [m["type"] for m in report["modifiers"]] == ["l1", "oneshot"]
@@ -93,6 +94,12 @@ def test_the_examples_run_together_through_the_cli(examples: Path) -> None:
     assert "0.weight: 50.0%" in zeros.stdout
     observed = re.findall(r"^step (\d+): loss [\d.]+, sparsity ([\d.]+)$", run.stderr, re.M)
     assert observed == [("10", "0.250"), ("20", "0.250"), ("30", "0.250"), ("40", "0.250")]
+    # the launcher ran the trial in a worker process, which loaded every --plugin file again
+    assert "started (pool)" in compare.stderr
+    studied = json.loads(
+        (examples / "study" / "runs" / "random-prune-seed0" / "report.json").read_text()
+    )
+    assert studied["evaluations"]["nonzeros"] == report["evaluations"]["nonzeros"]
 
 
 def test_the_study_example_in_comparing_md_validates(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""launch plugins: where a study's trials run (local worker processes, submitit)."""
