@@ -17,6 +17,12 @@ REFERENCE_ENV = {"sam": "COMPRESSOR_REF_SAM", "cram": "COMPRESSOR_REF_CRAM"}
 SKIP_LINE = "reference rows skipped (sam-ref, cram+-ref)"
 
 
+def torch_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def run_smoke(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{script}", "--smoke", *args],
@@ -138,3 +144,34 @@ def test_sparsegpt_cost_smoke(tmp_path: Path) -> None:
         assert agreement["max_abs_diff"] < 1e-4
         errors = agreement["relative_output_error"]
         assert errors["compressor"] == pytest.approx(errors["plain"], rel=1e-3)
+
+
+@pytest.mark.skipif(torch_cuda(), reason="checks the CPU behaviour: on a GPU the real check runs")
+def test_gpu_check_on_cpu_skips_every_cuda_section_with_its_reason(tmp_path: Path) -> None:
+    """bench/gpu_check.sh without a GPU: CUDA tests skipped, every CUDA section skipped with
+    its reason, and the step and mixed-precision code run tiny on CPU (so the script that
+    will run on the next GPU has run here)."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--work", str(tmp_path / "work")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((out / "gpu_check.json").read_text())
+    assert data["environment"]["cuda_available"] is False
+    assert "no CUDA device" in data["semi_structured"]["skipped"]
+    steps = data["steps"]["methods"]
+    assert set(steps) == {"sgd", "sam", "cram+"}
+    assert all(row["vs_sgd_median"] > 0 for row in steps.values())
+    precision = data["precision"]
+    assert precision["device"] == "cpu"
+    for name in ("fp32", "bf16"):
+        assert 0.0 <= precision[name]["test_accuracy"] <= 1.0, precision[name]
+    assert isinstance(precision["bf16"]["within_noise"], bool)
+    tests = (out / "cuda-tests.txt").read_text()
+    assert "skipped" in tests or "deselected" in tests
+    assert (out / "log.txt").is_file()
