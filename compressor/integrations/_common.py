@@ -1,0 +1,76 @@
+"""What every integration shares: optional imports, the loop's settings, checkpointed state."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from compressor.contract.errors import CompressorError
+from compressor.engine.session import Session
+from compressor.recipe.schema import Recipe
+
+SESSION_FILE = "compressor_session.pt"
+"""The session's state in a Hugging Face Trainer checkpoint folder."""
+
+
+def require(package: str, extra: str, integration: str) -> ModuleType:
+    """Import ``package`` or fail with one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise CompressorError(
+            f"{integration} needs the optional package '{package}' "
+            f"(pip install 'compressor[{extra}]'): {exc}"
+        ) from None
+
+
+def loop_recipe(recipe: Recipe, loop: str, owned: dict[str, tuple[Any, str]]) -> Recipe:
+    """``recipe`` with ``train:`` set to what the training loop does.
+
+    ``owned`` maps a ``train:`` field to ``(value, where the loop sets it)``. The loop owns
+    these settings (accumulation, precision, clipping): a recipe that leaves a field out gets
+    the loop's value; one that sets it to something else is a located error, never silently
+    ignored.
+    """
+    train = recipe.config.train
+    for name, (value, where) in owned.items():
+        if name in train.model_fields_set and getattr(train, name) != value:
+            raise recipe.error(
+                ("train", name),
+                f"{loop} uses {name} {value!r} ({where}); the recipe says "
+                f"{getattr(train, name)!r}: remove it from the recipe or make them agree",
+            )
+    values = {name: value for name, (value, _) in owned.items()}
+    if all(getattr(train, name) == value for name, value in values.items()):
+        return recipe
+    config = recipe.config.model_copy(update={"train": train.model_copy(update=values)})
+    return Recipe(config=config, source=recipe.source)
+
+
+def refuse_lr_schedule(recipe: Recipe, loop: str, instead: str) -> None:
+    if recipe.config.lr_schedule is not None:
+        raise recipe.error(
+            ("lr_schedule",), f"{loop} owns the learning rate: remove lr_schedule and use {instead}"
+        )
+
+
+def has_wrapper(session: Session) -> bool:
+    """Whether the session's optimizer needs ``step(closure)`` (SAM, CrAM, any wrapper)."""
+    return session.recipe.config.wrapper is not None
+
+
+def checkpoint_state(session: Session) -> dict[str, Any]:
+    """The session's state without the optimizer's, which the framework saves itself."""
+    state = session.state_dict()
+    state["optimizer"] = None
+    return state
+
+
+def check_step(session: Session, loop_step: int, loop: str) -> None:
+    if session.step != loop_step:
+        raise CompressorError(
+            f"the session is at step {session.step} but {loop} at optimizer step {loop_step}: "
+            "steps_per_epoch must count optimizer steps (micro-batches / accumulation), and "
+            "session.step_end() must run once per optimizer step"
+        )
