@@ -10,7 +10,8 @@ loads them by these names and never imports them itself. Families:
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
 * ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks,
-  and torchvision's (``vision``: imported only when used).
+  and torchvision's (``vision``: imported only when used);
+* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot).
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -39,5 +40,9 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.export.pruned",
     "compressor_plugins.evaluate.realised",
     "compressor_plugins.zoo.vision",
+    "compressor_plugins.posttrain.wanda",
+    "compressor_plugins.posttrain.sparsegpt",
+    "compressor_plugins.posttrain.quant",
+    "compressor_plugins.posttrain.export",
 )
 """Built-in plugin modules, in registration order."""

@@ -53,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    show_report(report, out_dir)
+    if "rank" not in report:  # under torchrun, rank 0 alone reports
+        show_report(report, out_dir)
     return 0
 
 

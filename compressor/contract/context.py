@@ -86,6 +86,17 @@ class CompressionContext(Protocol):
         """Model inputs for tracing (real ones from the data when the loop has them; token ids
         for language models), or None when the run has none."""
 
+    def calibration_batches(
+        self, samples: int, seed: int, batches: int, batch_size: int
+    ) -> Iterator[Any] | None:
+        """Calibration batches of model inputs, as :meth:`EvaluationContext.calibration_batches`
+        gives them, for operators that compress from data (activation statistics); None when
+        the run has no data (a :class:`Session` in a user's loop that was given none). Calling
+        it reads nothing: data is drawn only when the iterator is consumed."""
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """Call ``model`` on inputs as the task does (keyword arguments for a mapping)."""
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -114,9 +125,6 @@ class EvaluationContext(CompressionContext, Protocol):
         """``batches`` batches of model inputs, each ``batch_size`` samples drawn (without
         replacement within a batch) from a fixed subset of ``samples`` training samples chosen
         with ``seed`` — evaluation transforms, on the model's device."""
-
-    def forward(self, model: nn.Module, inputs: Any) -> Any:
-        """Call ``model`` on inputs as the task does (keyword arguments for a mapping)."""
 
     @property
     def model_spec(self) -> dict[str, Any] | None:

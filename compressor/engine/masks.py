@@ -30,6 +30,8 @@ class MaskSet:
             self._params[name] = param
             self._canonical[name] = first.setdefault(id(param), name)
         self._masks: dict[str, torch.Tensor] = {}
+        self.version = 0
+        """Counts changes of the masks (data-parallel runs compare them after each change)."""
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._canonical.get(name, name) in self._masks
@@ -54,12 +56,14 @@ class MaskSet:
                 f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(param.shape)}"
             )
         self._masks[name] = mask.to(device=param.device, dtype=torch.bool)
+        self.version += 1
         if apply:
             with torch.no_grad():
                 param.mul_(self._masks[name])
 
     def remove(self, name: str) -> None:
         self._masks.pop(self._canonical.get(name, name), None)
+        self.version += 1
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -80,6 +84,10 @@ class MaskSet:
         total = sum(m.numel() for m in self._masks.values())
         kept = sum(int(m.sum().item()) for m in self._masks.values())
         return 1.0 - kept / total if total else 0.0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The masks themselves, by name (not copies: do not modify)."""
+        return dict(self._masks)
 
     def state_dict(self) -> dict[str, Any]:
         return {name: mask.clone() for name, mask in self._masks.items()}

@@ -18,7 +18,7 @@ modifier; its ``state_dict`` is everything needed to resume exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from compressor.contract.selection import (
     unwrap_model,
 )
 from compressor.contract.steps import StepClock
+from compressor.contract.task import call_model
 from compressor.engine.masks import MaskSet
 from compressor.engine.precision import LossScaler, StepGuard
 from compressor.host.manager import Plugins, default_plugins
@@ -100,11 +101,15 @@ class Session:
         total_steps: int | None = None,
         plugins: Plugins | None = None,
         example_inputs: Callable[[int], Any] | None = None,
+        calibration: Callable[[int, int, int, int], Iterator[Any]] | None = None,
     ) -> None:
         """``steps_per_epoch`` counts optimizer steps (with ``train.accumulate: K``, the
         loader's length divided by K, rounded up). ``example_inputs(batch)`` gives inputs for
         tracing the model (the channel operator needs them); the built-in loop passes real
-        ones."""
+        ones. ``calibration(samples, seed, batches, batch_size)`` gives calibration batches of
+        model inputs for operators that compress from data (Wanda, SparseGPT, GPTQ), with the
+        meaning of ``EvaluationContext.calibration_batches``; the built-in loop passes its
+        run's."""
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be positive")
         self.plugins = plugins or default_plugins()
@@ -119,6 +124,7 @@ class Session:
         self.masks = MaskSet(model)
         self.scaler = LossScaler(train.precision == "fp16", check_finite=train.nonfinite == "skip")
         self._example_inputs = example_inputs
+        self._calibration = calibration
         self.optimizer_: SessionOptimizer | None = None
         self.lr_schedule: Schedule | None = None
         if recipe.config.lr_schedule is not None:
@@ -148,10 +154,16 @@ class Session:
             raise self.recipe.error((*loc, *exc.loc), exc.message) from None
 
     def build_operator(
-        self, config: Any, *, at: Loc = ("operator",), model: nn.Module | None = None
+        self,
+        config: Any,
+        *,
+        at: Loc = ("operator",),
+        model: nn.Module | None = None,
+        context: Any = None,
     ) -> Operator:
         """Instantiate an operator config and bind it to the tensors it selects in ``model``
-        (default: the session's model)."""
+        (default: the session's model) and to ``context`` (default: this session; a run
+        context passes itself, so its operators see its data)."""
         model = self.model if model is None else unwrap_model(model)
         operator: Operator = self.registries.operators.build(config)
         targets = select(model, config)
@@ -160,7 +172,7 @@ class Session:
                 "selects no tensors in this model (check modules/include/exclude)", at
             )
         try:
-            operator.bind(model, targets, self)
+            operator.bind(model, targets, self if context is None else context)
         except ConfigError as exc:
             raise ConfigError(exc.message, (*at, *exc.loc)) from None
         if model is self.model:
@@ -229,6 +241,18 @@ class Session:
     def example_inputs(self, batch: int = 1) -> Any:
         """Inputs for tracing the model, or None when the session was given none."""
         return None if self._example_inputs is None else self._example_inputs(batch)
+
+    def calibration_batches(
+        self, samples: int, seed: int, batches: int, batch_size: int
+    ) -> Iterator[Any] | None:
+        """Calibration batches from the ``calibration`` the session was given, else None."""
+        if self._calibration is None:
+            return None
+        return self._calibration(samples, seed, batches, batch_size)
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """``model(**inputs)`` for a mapping, else ``model(inputs)``."""
+        return call_model(model, inputs)
 
     def penalty(self) -> torch.Tensor | float:
         """Extra loss terms from modifiers (ADMM), or 0.0."""

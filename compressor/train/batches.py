@@ -69,11 +69,20 @@ class EpochBatches:
     """A batch sampler: the index lists of one epoch from ``start`` on, keyed for
     :class:`Seeded`. Set the epoch before each pass (the loader keeps this object)."""
 
-    def __init__(self, samples: int, batch_size: int, seed: int, drop_last: bool) -> None:
+    def __init__(
+        self,
+        samples: int,
+        batch_size: int,
+        seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        ranks: int = 1,
+    ) -> None:
         self.samples = samples
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per rank; a step reads ranks × batch_size samples
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.ranks = rank, ranks
         self.epoch = 0
         self.start = 0
         self.stop: int | None = None
@@ -81,16 +90,24 @@ class EpochBatches:
     def set_epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> None:
         self.epoch, self.start, self.stop = epoch, start, stop
 
+    def _count(self) -> int:
+        return batches_per_epoch(self.samples, self.batch_size * self.ranks, self.drop_last)
+
     def __len__(self) -> int:
-        return len(range(self.start, self.stop or batches_per_epoch(
-            self.samples, self.batch_size, self.drop_last)))  # fmt: skip
+        return len(range(self.start, self.stop or self._count()))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.seed, self.epoch, self.samples).tolist()
-        count = batches_per_epoch(self.samples, self.batch_size, self.drop_last)
+        count = self._count()
         for b in range(self.start, count if self.stop is None else min(self.stop, count)):
-            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
+            chunk = rank_slice(order, b, self.batch_size, self.rank, self.ranks)
             yield [(self.epoch, index) for index in chunk]
+
+
+def rank_slice(order: Any, batch: int, size: int, rank: int, ranks: int) -> Any:
+    """This rank's part of global batch ``batch`` (``ranks × size`` samples of ``order``)."""
+    start = batch * size * ranks + rank * size
+    return order[start : start + size]
 
 
 @dataclass
@@ -105,10 +122,22 @@ class LoaderSettings:
     persistent_workers: bool = True
     prefetch_factor: int | None = None
     in_memory: bool = True
+    rank: int = 0
+    ranks: int = 1
+
+    @property
+    def drops_last(self) -> bool:
+        """Data parallel: a last global batch too small to split evenly is dropped."""
+        return self.drop_last or self.ranks > 1
 
     @classmethod
-    def of(cls, config: Any) -> LoaderSettings:
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+    def of(cls, config: Any, rank: int = 0, ranks: int = 1) -> LoaderSettings:
+        fields = {
+            name: getattr(config, name)
+            for name in cls.__dataclass_fields__
+            if hasattr(config, name)
+        }
+        return cls(**{**fields, "rank": rank, "ranks": ranks})
 
     def loader_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
@@ -133,7 +162,9 @@ class Batches:
         self.samples = (
             int(data.train_x.shape[0]) if isinstance(data, DataSplits) else _length(data.train)
         )
-        self.per_epoch = batches_per_epoch(self.samples, settings.batch_size, settings.drop_last)
+        self.per_epoch = batches_per_epoch(
+            self.samples, settings.batch_size * settings.ranks, settings.drops_last
+        )
         self._order: tuple[int, torch.Tensor] | None = None
         self._sampler: EpochBatches | None = None
         self._loader: DataLoader[Any] | None = None
@@ -145,9 +176,9 @@ class Batches:
         if isinstance(self.data, DataSplits):
             if self._order is None or self._order[0] != epoch:
                 self._order = (epoch, epoch_order(self.seed, epoch, self.samples))
-            order, size = self._order[1], self.settings.batch_size
+            order, s = self._order[1], self.settings
             for b in range(start, stop):
-                index = order[b * size : (b + 1) * size]
+                index = rank_slice(order, b, s.batch_size, s.rank, s.ranks)
                 yield self.data.train_x[index], self.data.train_y[index]
             return
         loader = self._train_loader()
@@ -159,7 +190,9 @@ class Batches:
         if self._loader is None:
             assert isinstance(self.data, Data)
             s = self.settings
-            self._sampler = EpochBatches(self.samples, s.batch_size, self.seed, s.drop_last)
+            self._sampler = EpochBatches(
+                self.samples, s.batch_size, self.seed, s.drops_last, s.rank, s.ranks
+            )
             self._loader = DataLoader(
                 Seeded(self.data.train, self.seed),
                 batch_sampler=self._sampler,

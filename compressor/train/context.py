@@ -70,7 +70,7 @@ class RunContext:
     def build_operator(
         self, config: Any, *, at: Loc = ("operator",), model: nn.Module | None = None
     ) -> Operator:
-        return self.session.build_operator(config, at=at, model=model)
+        return self.session.build_operator(config, at=at, model=model, context=self)
 
     def build_schedule(self, config: Any, *, at: Loc = ("schedule",)) -> Schedule:
         return self.session.build_schedule(config, at=at)

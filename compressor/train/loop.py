@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from compressor.contract.data import Data, DatasetBuilder, DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
@@ -29,6 +30,16 @@ from compressor.host.manager import Plugins, default_plugins
 from compressor.recipe.schema import Recipe
 from compressor.train.batches import Batches, LoaderSettings, batches_per_epoch, sample_seed
 from compressor.train.context import RunContext
+from compressor.train.distributed import (
+    World,
+    barrier,
+    check_same_masks,
+    device_for,
+    from_environment,
+    max_over_ranks,
+    mean_over_ranks,
+    process_group,
+)
 from compressor.train.progress import Progress
 
 CHECKPOINT = "checkpoint.pt"
@@ -97,10 +108,18 @@ def steps_per_epoch(
     return math.ceil(batches_per_epoch(train_size, batch_size, drop_last) / accumulate)
 
 
-def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool = True) -> Prepared:
+def prepare(
+    recipe: Recipe,
+    plugins: Plugins | None = None,
+    *,
+    with_data: bool = True,
+    world: World | None = None,
+) -> Prepared:
     """Build data, task, model and session; without data only the shapes are used (validate,
-    explain), and the run context builds the data when first asked."""
+    explain), and the run context builds the data when first asked. Under data parallelism
+    (``world``) every rank reads its slice of each global batch."""
     plugins = plugins or default_plugins()
+    world = world or World()
     require_sections(recipe)
     registries = plugins.registries
     config = recipe.config
@@ -114,23 +133,35 @@ def prepare(recipe: Recipe, plugins: Plugins | None = None, *, with_data: bool =
         path = Path(config.train.init_from.replace("{seed}", str(config.train.seed)))
         if not path.is_file():
             raise recipe.error(("train", "init_from"), f"{path} does not exist")
-    model = build_model(recipe, plugins, info).to(config.train.device)
-    if isinstance(data, DataSplits) and config.train.device != "cpu":
-        data = data.to(config.train.device)
-    settings = LoaderSettings.of(config.data)
+    device = device_for(world, config.train.device)
+    model = build_model(recipe, plugins, info).to(device)
+    if isinstance(data, DataSplits) and device != "cpu":
+        data = data.to(device)
+    settings = LoaderSettings.of(config.data, world.rank, world.size)
 
     def make_batches() -> Batches:
         return Batches(data if data is not None else dataset.build(), settings, config.train.seed)
 
     batches: Batches | Callable[[], Batches] = make_batches() if data is not None else make_batches
+
+    def calibration(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
+        # the run context's (built just below; a generator, so nothing runs before it
+        # exists): data-aware operators of modifiers and wrappers calibrate on the run's
+        # data, exactly as evaluators do
+        yield from context.calibration_batches(samples, seed, count, size)
+
     session = Session(
         model,
         recipe,
         steps_per_epoch=steps_per_epoch(
-            train_size, settings.batch_size, config.train.accumulate, settings.drop_last
+            train_size,
+            settings.batch_size * world.size,
+            config.train.accumulate,
+            settings.drops_last,
         ),
         plugins=plugins,
         example_inputs=lambda n: _example(batches, task, info, n),
+        calibration=calibration,
     )
     context = RunContext(
         session,
@@ -220,16 +251,49 @@ def run(
     A loss that stops being finite ends the run as failed (:class:`NonFiniteLoss`, naming the
     step) without writing a checkpoint of the broken weights, unless ``train.nonfinite: skip``
     skips such steps instead. Training time is measured as wall and process CPU time inside
-    the loop and carried across resumes."""
+    the loop and carried across resumes. Under ``torchrun`` every process trains its slice of
+    each global batch (:mod:`compressor.train.distributed`); rank 0 alone evaluates and writes
+    files, and the other ranks return ``{"rank": ..., "world_size": ..., "steps": ...}``."""
     out = Path(out_dir)
-    checkpoint_path = out / CHECKPOINT
-    if not resume and not overwrite and (checkpoint_path.exists() or (out / REPORT).exists()):
+    if not resume and not overwrite and ((out / CHECKPOINT).exists() or (out / REPORT).exists()):
         raise CompressorError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
+    world = from_environment()
+    with process_group(world, recipe.config.train.device):
+        return _train(
+            recipe,
+            out,
+            world,
+            plugins=plugins or default_plugins(),
+            resume=resume,
+            progress=progress if world.main else False,
+            on_step=on_step,
+            label=label,
+        )
+
+
+def sync_last(model: nn.Module, micro: int, count: int) -> contextlib.AbstractContextManager[Any]:
+    """Under DDP, gradients are all-reduced on the last micro-batch of a step only."""
+    if isinstance(model, DistributedDataParallel) and micro < count - 1:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _train(
+    recipe: Recipe,
+    out: Path,
+    world: World,
+    *,
+    plugins: Plugins,
+    resume: bool,
+    progress: bool | None,
+    on_step: Callable[[Session], None] | None,
+    label: str | None,
+) -> dict[str, Any]:
+    checkpoint_path = out / CHECKPOINT
     started = time.perf_counter()
-    plugins = plugins or default_plugins()
-    prepared = prepare(recipe, plugins)
+    prepared = prepare(recipe, plugins, world=world)
     model, session, task, context = (
         prepared.model,
         prepared.session,
@@ -237,6 +301,7 @@ def run(
         prepared.context,
     )
     config = recipe.config
+    device = torch.device(device_for(world, config.train.device))
     optimizer = session.optimizer()
     history: list[dict[str, Any]] = []
     metric = task.metric
@@ -261,16 +326,26 @@ def run(
             raise CompressorError(
                 f"{checkpoint_path} was written by a different recipe; use another --out or drop --resume"
             )
+        if state.get("world_size", 1) != world.size:
+            raise CompressorError(
+                f"{checkpoint_path} was written by {state.get('world_size', 1)} process(es) and "
+                f"this run has {world.size}: the global batch, and so every step, would differ; "
+                "resume with the same number of processes"
+            )
         model.load_state_dict(state["model"])
         session.load_state_dict(state["session"])
         history = [row for row in state["history"] if not row.get("partial")]
         clocks = dict(state.get("clocks", clocks))
+    forward_model: nn.Module = model
+    if world.distributed:  # after loading: DDP broadcasts rank 0's weights once more
+        forward_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     clock = session.clock
     last_step = min(clock.total_steps, config.train.max_steps or clock.total_steps)
     eval_every = max(1, clock.steps(config.train.eval_every))
     checkpoint_every = clock.steps(config.train.checkpoint_every, default=0)
-    device = torch.device(config.train.device)
     pinned = config.data.pin_memory
     steps = StepBatches(context.batches, clock.steps_per_epoch, config.train.accumulate)
     prepares = type(task).prepare is not Task.prepare
@@ -278,24 +353,27 @@ def run(
 
     def save_checkpoint() -> None:
         check_finite()  # a broken model is never written over a good checkpoint
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "session": session.state_dict(),
-                "history": history,
-                "resume_key": resume_key(recipe),
-                "recipe": recipe.to_dict(),
-                "clocks": {**clocks, **elapsed(), **loss_so_far()},
-            },
-            checkpoint_path,
-        )
+        if world.main:
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "session": session.state_dict(),
+                    "history": history,
+                    "resume_key": resume_key(recipe),
+                    "recipe": recipe.to_dict(),
+                    "clocks": {**clocks, **elapsed(), **loss_so_far()},
+                    "world_size": world.size,
+                },
+                checkpoint_path,
+            )
+        barrier(world)  # no rank runs ahead of a checkpoint it might resume from
 
     def evaluate(train_loss: float | None) -> dict[str, Any]:
         row = {
             "step": session.step,
             "epoch": round(clock.epoch_of(session.step), 4),
             "train_loss": train_loss,
-            **test_metrics(),
+            **(test_metrics() if world.main else {}),
             "sparsity": session.sparsity()["global"],
         }
         history.append(row)
@@ -306,7 +384,10 @@ def run(
         if prepares:  # drawn once per step: both passes of SAM/CrAM see the same batch
             loaded = [
                 task.prepare(
-                    b, torch.Generator().manual_seed(sample_seed(config.train.seed, step, i))
+                    b,
+                    torch.Generator().manual_seed(
+                        sample_seed(config.train.seed, step, i * world.size + world.rank)
+                    ),
                 )
                 for i, b in enumerate(loaded)
             ]
@@ -326,11 +407,20 @@ def run(
     def loss_so_far() -> dict[str, float]:
         return {"loss_sum": float(running_loss), "loss_count": running_count}
 
+    def mean_loss() -> float | None:
+        """The loss since the last evaluation, averaged over the steps (and the ranks)."""
+        if not running_count:
+            return None
+        total = torch.as_tensor(running_loss, dtype=torch.float64, device=device)
+        return float(mean_over_ranks(world, total)) / running_count
+
     def check_finite() -> None:
-        """Synchronise once (at logging, evaluation and checkpoints), never per step."""
-        bad = int(first_bad)
+        """Synchronise once (at logging, evaluation and checkpoints), never per step; under
+        data parallelism also check that every rank holds the same masks."""
+        bad = int(max_over_ranks(world, first_bad))
         if bad >= 0:
             raise NonFiniteLoss(bad)
+        check_same_masks(world, session.masks.tensors(), session.step)
 
     with Progress(
         label or recipe.name, total=last_step, start=session.step, enabled=progress
@@ -344,13 +434,14 @@ def run(
                 total: torch.Tensor | float = 0.0
                 for i, cpu_batch in enumerate(micro):
                     batch = to_device(cpu_batch, device, non_blocking=pinned)
-                    with precision:
-                        loss = task.loss(task.forward(model, batch), batch)
-                    if len(micro) > 1:
-                        loss = loss / len(micro)
-                    if i == 0:
-                        loss = loss + session.penalty()
-                    session.scale_loss(loss).backward()
+                    with sync_last(forward_model, i, len(micro)):
+                        with precision:
+                            loss = task.loss(task.forward(forward_model, batch), batch)
+                        if len(micro) > 1:
+                            loss = loss / len(micro)
+                        if i == 0:
+                            loss = loss + session.penalty()
+                        session.scale_loss(loss).backward()
                     total = loss if len(micro) == 1 else total + loss.detach()
                 return total  # type: ignore[return-value]
 
@@ -376,20 +467,24 @@ def run(
             scheduled = session.step % eval_every == 0
             if scheduled or session.step == last_step:
                 check_finite()
-                row = evaluate(float(running_loss) / running_count if running_count else None)
+                row = evaluate(mean_loss())
                 if scheduled:
                     running_loss, running_count = 0.0, 0
                 else:  # the run stops here, off the schedule: a resumed run replaces this row
                     row["partial"] = True
-                bar.log(
-                    f"step {row['step']} (epoch {row['epoch']:.2f}): {metric.title} "
-                    f"{format_metric(row[f'test_{metric.name}'], metric.percent)}, "
-                    f"sparsity {row['sparsity']:.4f}"
-                )
+                if world.main:
+                    bar.log(
+                        f"step {row['step']} (epoch {row['epoch']:.2f}): {metric.title} "
+                        f"{format_metric(row[f'test_{metric.name}'], metric.percent)}, "
+                        f"sparsity {row['sparsity']:.4f}"
+                    )
+                barrier(world)  # the other ranks wait while rank 0 evaluates
             if checkpoint_every and session.step % checkpoint_every == 0:
                 save_checkpoint()
     times = elapsed()
     save_checkpoint()
+    if not world.main:
+        return {"rank": world.rank, "world_size": world.size, "steps": session.step}
     atomic_save(model.state_dict(), out / MODEL)
 
     if not history or history[-1]["step"] != session.step:
@@ -401,6 +496,13 @@ def run(
             evaluations[name] = evaluator.run(context, model).to_dict()
 
     final = history[-1]
+    extra: dict[str, Any] = {}
+    if world.distributed:
+        extra["distributed"] = {
+            "world_size": world.size,
+            "global_batch_size": config.data.batch_size * world.size,
+            "evaluated_by": "rank 0",
+        }
     report = session.finalize(
         {
             "metric": asdict(metric),
@@ -414,6 +516,7 @@ def run(
             "wall_time_s": time.perf_counter() - started,
             "seed": config.train.seed,
             "recipe_config": recipe.to_dict(),
+            **extra,
         }
     )
     atomic_write_json(report, out / REPORT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
 from pydantic import Field
 
 from compressor.plugin_api import (
@@ -32,6 +33,19 @@ def apply_masks(context: CompressionContext, operator: Operator, sparsity: float
     weights = {t.name: t.param for t in operator.targets}
     for name, mask in operator.masks(weights, sparsity, generator=context.generator).items():
         context.masks.set(name, mask)
+
+
+def apply_projection(
+    context: CompressionContext, operator: Operator, sparsity: float | None
+) -> None:
+    """Write ``C(w)`` into the weights (a projection's own values: SparseGPT's updated
+    weights, quantized ones) and keep its zeros as the run's masks."""
+    weights = {t.name: t.param for t in operator.targets}
+    values = operator.project(weights, sparsity, generator=context.generator)
+    with torch.no_grad():
+        for name, value in values.items():
+            weights[name].copy_(value)
+            context.masks.set(name, value != 0)
 
 
 class GMP(Modifier):
@@ -92,7 +106,11 @@ class GMP(Modifier):
 
 
 class OneShot(Modifier):
-    """Prune once at step ``at``; the masks then stay (fine-tuning keeps them)."""
+    """Prune once at step ``at``; the masks then stay (fine-tuning keeps them).
+
+    A projection operator (``is_projection``: SparseGPT, quantization, unification) writes its
+    values into the weights, and its zeros become the masks; later training keeps the zeros but
+    not the values (a quantized model leaves its grid if it trains on)."""
 
     class Config(TypeConfig):
         type: Literal["oneshot"]
@@ -119,7 +137,10 @@ class OneShot(Modifier):
 
     def update(self, context: CompressionContext) -> None:
         if not self.done and context.step >= self.at:
-            apply_masks(context, self.operator, self.sparsity)
+            if self.operator.is_projection:
+                apply_projection(context, self.operator, self.sparsity)
+            else:
+                apply_masks(context, self.operator, self.sparsity)
             self.done = True
 
     def timeline(self) -> list[tuple[int, str]]:

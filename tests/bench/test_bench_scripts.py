@@ -116,3 +116,25 @@ def check_step_cost(data: dict, dirs: dict[str, str]) -> None:
         # at the timed sparsities the release keeps at most one weight fewer (documented)
         for timed in eq["cram+_timed_sparsities"]:
             assert 0 <= timed["kept_compressor"] - timed["kept_reference"] <= 1
+
+
+def test_sparsegpt_cost_smoke(tmp_path: Path) -> None:
+    """Compressor's SparseGPT and the plain Algorithm 1 agree, and both are timed and sized."""
+    output = tmp_path / "sparsegpt_cost-smoke.json"
+    stdout = run_smoke("sparsegpt_cost", "--output", str(output))
+    assert "| layer | implementation |" in stdout
+    data = json.loads(output.read_text())
+    assert data["smoke"] is True
+    assert [row["layer"] for row in data["results"]] == ["64->192", "192->64"]
+    for row in data["results"]:
+        names = {"compressor", "plain", "compressor solve", "plain solve"}
+        assert set(row["time_s"]) == names
+        assert all(row["time_s"][name]["median"] > 0 for name in names)
+        if Path("/proc/self/clear_refs").exists():
+            assert all(row["peak_mib"][name] is not None for name in names)
+        agreement = row["agreement"]
+        assert agreement["sparsity"] == {"compressor": 0.5, "plain": 0.5}
+        assert agreement["mask_equal_share"] >= 0.999
+        assert agreement["max_abs_diff"] < 1e-4
+        errors = agreement["relative_output_error"]
+        assert errors["compressor"] == pytest.approx(errors["plain"], rel=1e-3)

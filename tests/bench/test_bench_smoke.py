@@ -37,3 +37,26 @@ def test_robustness_smoke(tmp_path: Path) -> None:
     again = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads(result.read_text())["bars"] == payload["bars"]
+
+
+def test_q_post_smoke(tmp_path: Path) -> None:
+    """bench/q_post.py --smoke: both recipes of bench/studies/q-post.yaml at toy size, every
+    one-shot target measured, and the CrAM+ · SparseGPT verdict table written."""
+    out, result = tmp_path / "study", tmp_path / "q_post.json"
+    command = [sys.executable, str(ROOT / "bench" / "q_post.py"), "--smoke"]
+    command += ["--out", str(out), "--json", str(result), "--set", "train.max_steps=3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "FAILED" not in done.stdout, done.stdout
+    payload = json.loads(result.read_text())
+    assert payload["seeds_done"] == {"SGD": [0], "CrAM+ Multi": [0]}
+    for training in ("SGD", "CrAM+ Multi"):
+        sparsity = payload["sparsity"][training]
+        assert all(row["0.9"]["n"] == 1 for row in sparsity.values())
+        assert sparsity["SparseGPT"]["2:4"]["n"] == 1
+        assert all(
+            payload["quantization"][training][q]["n"] == 1 for q in ("rtn int4", "gptq int8")
+        )
+    verdicts = payload["cram_plus_sparsegpt"]
+    assert len(verdicts) == 6 + 5
+    assert {v["verdict"].split(" ")[0] for v in verdicts} <= {"beats"}
