@@ -31,7 +31,6 @@ subclass) for single-pass recipes: build the session yourself and pass its optim
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -47,12 +46,14 @@ from compressor.engine.session import Session, SessionOptimizer
 from compressor.host.manager import Plugins
 from compressor.integrations._common import (
     SESSION_FILE,
+    SessionBuilder,
     check_step,
     checkpoint_state,
     has_wrapper,
     loop_recipe,
     refuse_lr_schedule,
     require,
+    step_closure,
 )
 from compressor.recipe.schema import Recipe
 
@@ -127,6 +128,7 @@ class CompressorCallback(TrainerCallback):  # type: ignore[misc]
         if state.global_step > 0:
             self._restore(session, args, state)
         check_step(session, state.global_step, LOOP)
+        session.begin()  # step-0 masks before the first micro-batch's forward, not after it
 
     def _check_plain_trainer(self, session: Session, args: Any, loader: Any) -> None:
         recipe = session.recipe
@@ -230,8 +232,7 @@ class CompressorTrainerMixin:
         refuse_lr_schedule(recipe, LOOP, "TrainingArguments lr_scheduler_type")
         self.recipe = recipe
         self.session = None
-        self._session_plugins = plugins
-        self._example_inputs = example_inputs
+        self._builder = SessionBuilder(recipe, plugins, example_inputs)
         self._micro_batches: list[tuple[Any, Any]] = []
         self._steps: tuple[int, int] | None = None
         self._holder: _SteppedInTrainingStep | None = None
@@ -284,14 +285,7 @@ class CompressorTrainerMixin:
         if "seed" not in self.recipe.config.train.model_fields_set:
             owned["seed"] = (args.seed, "seed")
         recipe = loop_recipe(self.recipe, LOOP, owned)
-        return Session(
-            model,
-            recipe,
-            steps_per_epoch=per_epoch,
-            total_steps=total,
-            plugins=self._session_plugins,
-            example_inputs=self._example_inputs,
-        )
+        return self._builder.build(model, recipe, steps_per_epoch=per_epoch, total_steps=total)
 
     def create_optimizer(self, model: nn.Module | None = None) -> Any:
         if self._holder is not None and _session_optimizer(self.optimizer) is self._holder.base:  # type: ignore[has-type]
@@ -338,18 +332,12 @@ class CompressorTrainerMixin:
             raise CompressorError("CompressorTrainer.training_step before create_optimizer")
         optimizer = holder.base
         assert isinstance(optimizer, SessionOptimizer)
-        accelerator = self.accelerator  # type: ignore[attr-defined]
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=args.device)
-            for j, (batch, items) in enumerate(micro):
-                last = j == len(micro) - 1
-                sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-                with sync:
-                    total = total + self._micro_step(model, batch, items)
-            return total
-
+        closure = step_closure(
+            micro,
+            lambda: optimizer.zero_grad(set_to_none=True),
+            lambda batch: self._micro_step(model, *batch),
+            lambda: self.accelerator.no_sync(model),  # type: ignore[attr-defined]
+        )
         loss = optimizer.step(closure)
         holder.stepped = True
         loss = torch.as_tensor(loss, device=args.device).detach()

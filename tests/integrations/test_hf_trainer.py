@@ -16,7 +16,6 @@ pytest.importorskip("transformers", reason="the hf extra (transformers) is not i
 pytest.importorskip("accelerate", reason="the accelerate extra is not installed")
 
 from transformers import (  # noqa: E402
-    BertConfig,
     BertForSequenceClassification,
     Trainer,
     TrainerCallback,
@@ -31,6 +30,7 @@ from compressor.integrations.hf_trainer import (  # noqa: E402
     CompressorTrainer,
 )
 from tests.conftest import make_recipe  # noqa: E402
+from tests.support.bert import tiny_bert_config  # noqa: E402
 
 SAMPLES, BATCH, K = 24, 4, 2
 STEPS_PER_EPOCH = SAMPLES // BATCH // K  # 3
@@ -59,16 +59,7 @@ class Tokens(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(tiny_bert_config(num_labels=2))
 
 
 def arguments(out: Path, **overrides: Any) -> TrainingArguments:
@@ -260,6 +251,18 @@ def test_callback_with_the_plain_trainer_steps_and_resumes(tmp_path: Path) -> No
     assert again.step == 6
     for name, weight in full.model.state_dict().items():
         assert torch.equal(weight, resumed.model.state_dict()[name]), name
+
+
+def test_step_zero_masks_are_in_place_before_the_first_forward(tmp_path: Path) -> None:
+    """The plain Trainer runs a step's first micro-batch before any optimizer step: with a
+    schedule that starts at 50% it already sees the pruned weights."""
+    trainer, session = plain_trainer(tmp_path, GMP_SGD.replace("initial: 0.0", "initial: 0.5"))
+    zeros: list[float] = []
+    trainer.model.register_forward_pre_hook(
+        lambda module, args: zeros.append(session.sparsity()["global"])
+    )
+    trainer.train()
+    assert zeros[0] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_the_plain_trainer_refuses_what_it_cannot_run(tmp_path: Path) -> None:
