@@ -10,7 +10,7 @@
 * :mod:`compressor.integrations.accelerate` — ``accumulate_step``: one optimizer step over a
   group of micro-batches in one closure, so no micro-batch is ever dropped.
 
-Each needs its optional extra (``compressor[hf]``, ``compressor[lightning]``,
+Each needs its optional extra (``compressor[hf,accelerate]``, ``compressor[lightning]``,
 ``compressor[accelerate]``); importing one without it is a one-line error naming the extra.
 Importing this package imports none of them. docs/integrations/ has a page per integration.
 """

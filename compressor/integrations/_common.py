@@ -25,7 +25,8 @@ SESSION_FILE = "compressor_session.pt"
 
 
 def require(package: str, extra: str, integration: str) -> ModuleType:
-    """Import ``package`` or fail with one line naming the extra that installs it."""
+    """Import ``package`` or fail with one line naming the extra(s) that install it
+    (``extra`` as pip writes them: ``"hf,accelerate"``)."""
     try:
         return importlib.import_module(package)
     except ImportError as exc:

@@ -57,8 +57,8 @@ from compressor.integrations._common import (
 )
 from compressor.recipe.schema import Recipe
 
-require("transformers", "hf", "compressor.integrations.hf_trainer")
-require("accelerate", "accelerate", "compressor.integrations.hf_trainer")
+for _package in ("transformers", "accelerate"):  # the Trainer runs on accelerate
+    require(_package, "hf,accelerate", "compressor.integrations.hf_trainer")
 
 from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
