@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from compressor import Session  # noqa: E402
 from compressor.contract.errors import CompressorError  # noqa: E402
 from compressor.integrations.accelerate import accumulate_step, micro_batches  # noqa: E402
 from tests.conftest import make_recipe  # noqa: E402
+from tests.support.ranks import CountingAllReduce, run_forked  # noqa: E402
 
 K, BATCH = 2, 4
 SGD = "name: probe\noptimizer: {name: sgd, lr: 1.0}\n"
@@ -202,29 +204,10 @@ def test_two_pass_wrappers_see_every_micro_batch_and_match_one_batch_of_k(wrappe
 # -- DDP on CPU: two forked processes (gloo) -----------------------------------------------
 
 
-def _rank(rank: int, port: int, folder: str) -> None:
-    import os
-
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    allreduces = [0]
-
-    def counting(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks annotations
-        allreduces[0] += 1
-        return allreduce_hook(state, bucket)
-
+def _rank(rank: int, folder: Path) -> None:
+    hook = CountingAllReduce()
     accelerator, model, session, seen = train_accelerated(
-        "cram", lambda model: model.register_comm_hook(None, counting)
+        "cram", lambda model: model.register_comm_hook(None, hook.hook)
     )
     torch.save(
         {
@@ -233,23 +216,15 @@ def _rank(rank: int, port: int, folder: str) -> None:
             "weights": accelerator.unwrap_model(model).state_dict(),
             "masks": session.masks.state_dict(),
             "seen": seen,
-            "allreduces": allreduces[0],
+            "allreduces": hook.count,
         },
-        f"{folder}/rank{rank}.pt",
+        folder / f"rank{rank}.pt",
     )
     accelerator.end_training()
 
 
-def test_ddp_on_two_cpu_processes_all_reduces_once_per_pass(tmp_path: Any) -> None:
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+def test_ddp_on_two_cpu_processes_all_reduces_once_per_pass(tmp_path: Path) -> None:
+    ranks = run_forked(_rank, tmp_path)
     for report in ranks:  # 16 micro-batches a rank: 4 steps of 2
         assert report["kind"] == "DistributedType.MULTI_CPU" and report["step"] == 4
         assert report["allreduces"] == 4 * 2  # one per pass: the first micro-batch no_sync

@@ -31,6 +31,7 @@ from compressor.integrations.hf_trainer import (  # noqa: E402
 )
 from tests.conftest import make_recipe  # noqa: E402
 from tests.support.bert import tiny_bert_config  # noqa: E402
+from tests.support.ranks import CountingAllReduce, run_forked  # noqa: E402
 
 SAMPLES, BATCH, K = 24, 4, 2
 STEPS_PER_EPOCH = SAMPLES // BATCH // K  # 3
@@ -298,3 +299,51 @@ def test_recipe_settings_the_trainer_owns_are_errors_when_they_disagree(tmp_path
     )
     with pytest.raises(RecipeError, match=r"train\.accumulate.*gradient_accumulation_steps"):
         trainer.train()
+
+
+# -- DDP on CPU: two forked processes (gloo) -----------------------------------------------
+
+
+def _rank(rank: int, folder: Path) -> None:
+    trainer, seen = cram_trainer(folder / "out", ddp_backend="gloo")
+    hook = CountingAllReduce()
+
+    class CommHook(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            trainer.model_wrapped.register_comm_hook(None, hook.hook)
+
+    trainer.add_callback(CommHook())
+    trainer.train()
+    session = trainer.session
+    assert session is not None
+    torch.save(
+        {
+            "world": trainer.args.world_size,
+            "step": session.step,
+            "global_step": trainer.state.global_step,
+            "weights": trainer.model.state_dict(),
+            "masks": session.masks.state_dict(),
+            "seen": seen,
+            "allreduces": hook.count,
+        },
+        folder / f"rank{rank}.pt",
+    )
+
+
+def test_ddp_on_two_cpu_processes_all_reduces_once_per_pass(tmp_path: Path) -> None:
+    ranks = run_forked(_rank, tmp_path)
+    for report in ranks:  # 12 samples a rank, batch 4, K 2: steps of 2 and 1 micro-batches
+        assert report["world"] == 2
+        assert report["step"] == report["global_step"] == 4
+        assert report["allreduces"] == 4 * 2  # one per pass: no_sync for all but the last
+    for epoch in range(2):  # each step's two passes see its micro-batches; nothing is lost
+        used = []
+        for report in ranks:
+            a, b, a2, b2, c, c2 = report["seen"][6 * epoch : 6 * epoch + 6]
+            assert (a, b, c) == (a2, b2, c2)
+            used += a + b + c
+        assert sorted(used) == list(range(SAMPLES))
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name
+    for name, mask in ranks[0]["masks"].items():
+        assert torch.equal(mask, ranks[1]["masks"][name]), name

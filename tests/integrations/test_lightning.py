@@ -24,6 +24,7 @@ from compressor.contract.errors import RecipeError  # noqa: E402
 from compressor.integrations.lightning import CompressorCallback  # noqa: E402
 from tests.conftest import make_recipe  # noqa: E402
 from tests.support.bert import tiny_bert_config  # noqa: E402
+from tests.support.ranks import CountingAllReduce  # noqa: E402
 
 SAMPLES, BATCH = 48, 4
 GMP = """
@@ -472,16 +473,10 @@ class Report(pl.Callback):
 
     def __init__(self, compressor: CompressorCallback, folder: Path) -> None:
         self.compressor, self.folder = compressor, folder
-        self.allreduces = 0
+        self.allreduces = CountingAllReduce()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        def counting(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks annotations
-            self.allreduces += 1
-            return allreduce_hook(state, bucket)
-
-        trainer.strategy.model.register_comm_hook(None, counting)  # type: ignore[union-attr]
+        trainer.strategy.model.register_comm_hook(None, self.allreduces.hook)  # type: ignore[union-attr]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         session = self.compressor.session
@@ -496,7 +491,7 @@ class Report(pl.Callback):
                 "weights": pl_module.state_dict(),
                 "masks": session.state_dict()["masks"],
                 "seen": pl_module.seen,  # type: ignore[attr-defined]
-                "allreduces": self.allreduces,
+                "allreduces": self.allreduces.count,
             },
             self.folder / f"rank{trainer.global_rank}.pt",
         )
