@@ -330,6 +330,7 @@ def _rank(rank: int, folder: Path) -> None:
     )
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_ddp_on_two_cpu_processes_all_reduces_once_per_pass(tmp_path: Path) -> None:
     ranks = run_forked(_rank, tmp_path)
     for report in ranks:  # 12 samples a rank, batch 4, K 2: steps of 2 and 1 micro-batches

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
 def run_forked(main: Callable[[int, Path], None], folder: Path, world: int = 2) -> list[Any]:
@@ -53,5 +52,7 @@ class CountingAllReduce:
         self.count = 0
 
     def hook(self, state, bucket):  # type: ignore[no-untyped-def]  # DDP checks annotations
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
         self.count += 1
         return allreduce_hook(state, bucket)
