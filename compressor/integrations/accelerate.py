@@ -5,9 +5,10 @@ closure handed to those skipped steps never runs: with K=2 half the data is sile
 and a two-pass wrapper (SAM, CrAM) would see one micro-batch of K anyway. Here one optimizer
 step takes K micro-batches in ONE closure instead::
 
+    model, loader = accelerator.prepare(model, loader)     # len(loader): this process's share
     K = accelerator.gradient_accumulation_steps
     session = Session(model, recipe, steps_per_epoch=math.ceil(len(loader) / K))
-    model, optimizer, loader = accelerator.prepare(model, session.optimizer(), loader)
+    optimizer = accelerator.prepare(session.optimizer())
     for epoch in range(epochs):
         for micro in micro_batches(loader, K):
             loss = accumulate_step(accelerator, model, optimizer, micro, loss_fn)
