@@ -4,7 +4,8 @@ For your own training loop: :class:`Session` and :func:`load_recipe`. For plugin
 :mod:`compressor.plugin_api`, the one module a plugin imports from. The sub-packages are the
 engine's layers, lowest first — ``contract`` (what plugins build on), ``host`` (plugin
 manager, registries), ``recipe`` (schema, YAML positions), ``engine`` (Session, masks),
-``train`` (the built-in loop), ``study`` (comparisons, store, reports), ``cli`` — each
+``train`` (the built-in loop), ``study`` (comparisons, store, reports), ``cli``,
+``integrations`` (the Hugging Face Trainer, Lightning, accelerate; optional extras) — each
 importing only the ones below it; none imports the built-in plugins in ``compressor_plugins``.
 """
 

@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 
 from tests.support import ROOT
+from tests.support.docs import BLOCK, marked_blocks
 
 PAGE = (ROOT / "docs" / "plugins.md").read_text()
-BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
 def blocks(marker: str) -> dict[str, str]:
     """Code blocks whose first line is ``# <marker>: <name>``, by name."""
-    out = {}
-    for _, body in BLOCK.findall(PAGE):
-        first, _, rest = body.partition("\n")
-        match = re.fullmatch(rf"# {marker}: (\S+)", first.strip())
-        if match:
-            out[match.group(1)] = rest
-    return out
+    return marked_blocks(PAGE, marker)
 
 
 def commands() -> list[list[str]]:
