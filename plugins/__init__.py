@@ -11,7 +11,8 @@ loads them by these names and never imports them itself. Families:
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
 * ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks,
   and torchvision's (``vision``: imported only when used);
-* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot).
+* ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot);
+* ``log`` — the loggers of a recipe's ``log:`` (TensorBoard, CSV, MLflow: imported when used).
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -44,5 +45,8 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.posttrain.sparsegpt",
     "compressor_plugins.posttrain.quant",
     "compressor_plugins.posttrain.export",
+    "compressor_plugins.log.tensorboard",
+    "compressor_plugins.log.csv",
+    "compressor_plugins.log.mlflow",
 )
 """Built-in plugin modules, in registration order."""

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 constraints="$root/scripts/constraints.txt"
-extras="dev,hf"
+extras="dev,hf,tensorboard,mlflow"
 case "${1:-}" in
   "") ;;
   --vision)

@@ -14,6 +14,7 @@ from compressor.contract.data import DatasetBuilder, ModelBuilder
 from compressor.contract.errors import PluginError, did_you_mean
 from compressor.contract.evaluation import Evaluator
 from compressor.contract.exporter import Exporter
+from compressor.contract.logger import Logger
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optimizer import OptimizerFactory, OptimizerWrapper
@@ -107,6 +108,7 @@ class Registries:
         self.tasks = Registry("tasks", Task, "task")
         self.evaluators = Registry("evaluators", Evaluator, "evaluator")
         self.exporters = Registry("exporters", Exporter, "export format")
+        self.loggers = Registry("loggers", Logger, "logger")
         self.plugins: list[PluginInfo] = []
 
     def all(self) -> list[Registry]:
@@ -121,6 +123,7 @@ class Registries:
             self.tasks,
             self.evaluators,
             self.exporters,
+            self.loggers,
         ]
 
     def by_kind(self, kind: str) -> Registry:
@@ -150,6 +153,7 @@ class Registries:
             "register_tasks": [self.tasks],
             "register_evaluators": [self.evaluators],
             "register_exporters": [self.exporters],
+            "register_loggers": [self.loggers],
         }
         for hook_name, registries in routes.items():
             hook = getattr(pm.hook, hook_name)
