@@ -37,10 +37,16 @@ from compressor.contract.data import (
 from compressor.contract.errors import CompressorError, ConfigError, Loc, PluginError
 from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
 from compressor.contract.exporter import Exporter
-from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
+from compressor.contract.files import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+)
 from compressor.contract.functional import dataset, model
 from compressor.contract.hookspecs import hookimpl
 from compressor.contract.launcher import Events, Job, Launcher, LauncherConfig, Outcome
+from compressor.contract.logger import PHASES, Logger, Phase, RunInfo, Status
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optim import DelegatingOptimizer, params_with_grad
@@ -91,6 +97,7 @@ __all__ = [
     "Launcher",
     "LauncherConfig",
     "Loc",
+    "Logger",
     "MaskStore",
     "Metric",
     "ModelBuilder",
@@ -103,12 +110,16 @@ __all__ = [
     "OptimizerFactory",
     "OptimizerWrapper",
     "Outcome",
+    "PHASES",
+    "Phase",
     "PluginError",
     "RegistryRef",
+    "RunInfo",
     "Schedule",
     "ScheduleSpec",
     "SelectionConfig",
     "Sparsity",
+    "Status",
     "StepClock",
     "StepSpec",
     "Target",
@@ -117,6 +128,7 @@ __all__ = [
     "TypeConfig",
     "atomic_save",
     "atomic_write_json",
+    "atomic_write_text",
     "batchnorm_layers",
     "build_model",
     "call_model",

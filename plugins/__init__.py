@@ -13,6 +13,7 @@ loads them by these names and never imports them itself. Families:
   and torchvision's (``vision``: imported only when used);
 * ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot);
 * ``launch`` — where a study's trials run: ``local`` (``--jobs N``), ``submitit`` (Slurm).
+* ``log`` — the loggers of a recipe's ``log:`` (TensorBoard, CSV, MLflow: imported when used).
 """
 
 PLUGINS: tuple[str, ...] = (
@@ -47,5 +48,8 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.posttrain.export",
     "compressor_plugins.launch.local",
     "compressor_plugins.launch.submitit",
+    "compressor_plugins.log.tensorboard",
+    "compressor_plugins.log.csv",
+    "compressor_plugins.log.mlflow",
 )
 """Built-in plugin modules, in registration order."""

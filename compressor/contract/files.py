@@ -73,6 +73,11 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda handle: handle.write((text + "\n").encode()))
 
 
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) at once: a reader sees the old or the new file."""
+    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+
+
 def load_checkpoint(path: str | Path) -> Any:
     """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only)."""
     path = Path(path)

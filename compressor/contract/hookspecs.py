@@ -13,7 +13,10 @@ Two kinds of hook:
   training step never dispatches through pluggy per parameter.
 * Observer hooks (``session_started``, ``step_finished``, ``session_finished``) are called by
   the engine at well-defined points with the :class:`~compressor.contract.context.CompressionContext`
-  of the run; they may read it, never change what it trains.
+  of the run; they may read it, never change what it trains. The run observers
+  (``run_started``, ``metrics_logged``, ``run_finished``) are called by ``compressor run`` with
+  a :class:`~compressor.contract.logger.RunInfo` (rank, configuration, run folder) and the
+  metrics it logs, evaluations included.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     import argparse
 
     from compressor.contract.context import CompressionContext
+    from compressor.contract.logger import Phase, RunInfo, Status
 
 PROJECT = "compressor"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -126,6 +130,12 @@ def register_launchers(register: Register) -> None:
         ``Config`` has a ``name: Literal[...]`` tag (``compare --launcher NAME``, or a study's
         ``launcher: {name: ...}``). Built in: ``local`` (this machine, ``--jobs N`` worker
         processes) and ``submitit`` (Slurm, or submitit's local executor).
+def register_loggers(register: Register) -> None:
+    """Register loggers, selected by a recipe's ``log: {to: [{name: ...}]}``.
+
+    :param register: call with a subclass of :class:`~compressor.plugin_api.Logger`; its
+        ``Config`` has a ``name: Literal[...]`` tag. The built-in loop builds and calls loggers
+        on rank 0 only.
     """
 
 
@@ -156,3 +166,37 @@ def step_finished(context: CompressionContext, step: int, loss: float | None) ->
 @hookspec
 def session_finished(context: CompressionContext, report: dict[str, Any]) -> None:
     """Called when the session is finalised, with the run report (observers may read it)."""
+
+
+@hookspec
+def run_started(info: RunInfo) -> None:
+    """Called by ``compressor run`` on every rank once the run is built (and, on a resume, its
+    checkpoint loaded: ``info.resumed_at``), before the first step; ``info.rank`` says which
+    process this is."""
+
+
+@hookspec
+def metrics_logged(info: RunInfo, step: int, metrics: dict[str, float], phase: Phase) -> None:
+    """Called on rank 0 with every row of metrics the run logs, whether or not the recipe has
+    a ``log:`` section.
+
+    :param step: the optimizer step the metrics were measured at.
+    :param metrics: name -> value; which names each phase has is in
+        :mod:`compressor.contract.logger`.
+    :param phase: ``"train"`` (every ``log.every`` steps), ``"test"`` (each evaluation) or
+        ``"evaluate"`` (each evaluator's declared metrics, ``<evaluator>:<metric>``, at the end).
+    """
+
+
+@hookspec
+def run_finished(
+    info: RunInfo, status: Status, report: dict[str, Any] | None, error: str | None
+) -> None:
+    """Called by ``compressor run`` on every rank when the run ends, after its loggers closed.
+
+    :param status: ``"done"`` or ``"failed"`` (an exception, a non-finite loss; it is re-raised
+        after this hook).
+    :param report: on rank 0 the run report (``report.json``), on the other ranks the short
+        dict they return; None when the run failed.
+    :param error: why it failed (one line), else None.
+    """

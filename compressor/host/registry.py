@@ -15,6 +15,7 @@ from compressor.contract.errors import PluginError, did_you_mean
 from compressor.contract.evaluation import Evaluator
 from compressor.contract.exporter import Exporter
 from compressor.contract.launcher import Launcher
+from compressor.contract.logger import Logger
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optimizer import OptimizerFactory, OptimizerWrapper
@@ -109,6 +110,7 @@ class Registries:
         self.evaluators = Registry("evaluators", Evaluator, "evaluator")
         self.exporters = Registry("exporters", Exporter, "export format")
         self.launchers = Registry("launchers", Launcher, "launcher")
+        self.loggers = Registry("loggers", Logger, "logger")
         self.plugins: list[PluginInfo] = []
 
     def all(self) -> list[Registry]:
@@ -124,6 +126,7 @@ class Registries:
             self.evaluators,
             self.exporters,
             self.launchers,
+            self.loggers,
         ]
 
     def by_kind(self, kind: str) -> Registry:
@@ -154,6 +157,7 @@ class Registries:
             "register_evaluators": [self.evaluators],
             "register_exporters": [self.exporters],
             "register_launchers": [self.launchers],
+            "register_loggers": [self.loggers],
         }
         for hook_name, registries in routes.items():
             hook = getattr(pm.hook, hook_name)

@@ -1,8 +1,9 @@
 """Recipes: YAML validated by a pydantic model assembled from the registries at load time.
 
 The top-level shape is fixed here; every section that names a type (``optimizer``,
-``wrapper``, ``lr_schedule``, ``modifiers``, ``model``, ``data``, ``evaluate`` and any nested
-``operator``/``schedule`` field) is a discriminated union over what plugins registered.
+``wrapper``, ``lr_schedule``, ``modifiers``, ``model``, ``data``, ``evaluate``, ``log.to`` and
+any nested ``operator``/``schedule`` field) is a discriminated union over what plugins
+registered.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class TrainConfig(TypeConfig):
     )
 
 
+OUTCOME_NEUTRAL = ("log",)
+"""Sections that cannot change what a run computes (where its metrics are sent): left out of
+:meth:`Recipe.hash` and the resume key, so adding a logger neither reruns a study nor refuses
+a resume."""
+
+
 @dataclass
 class Recipe:
     """A validated recipe: the typed config plus where it came from."""
@@ -96,9 +103,14 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.config.model_dump(mode="json"))
 
+    def identity(self) -> dict[str, Any]:
+        """The validated recipe without its outcome-neutral sections (``log:``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in OUTCOME_NEUTRAL}
+
     def hash(self) -> str:
-        """sha256 of the validated recipe (defaults filled in): equal hashes, equal runs."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the validated recipe (defaults filled in) without ``log:``: equal hashes,
+        equal runs."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def error(self, loc: Loc, message: str) -> RecipeError:
@@ -205,6 +217,19 @@ def build_recipe_model(registries: Registries) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
         **evaluate_fields,
     )
+    log_fields: dict[str, Any] = {
+        "every": (
+            int | None,
+            Field(None, gt=0, description="steps between 'train' rows; default train.log_every"),
+        ),
+        "to": (list[union("loggers")], Field(default_factory=list)),  # type: ignore[misc]
+    }
+    log_model = create_model(  # type: ignore[call-overload]
+        "Log",
+        __base__=TypeConfig,
+        __doc__="Where the run's metrics go: rank 0 only, never part of the recipe's hash.",
+        **log_fields,
+    )
 
     class RecipeBase(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -234,6 +259,7 @@ def build_recipe_model(registries: Registries) -> type[BaseModel]:
         "wrapper": (union("wrappers") | None, None),
         "modifiers": (list[union("modifiers")], []),  # type: ignore[misc]
         "evaluate": (evaluate_model, evaluate_model()),
+        "log": (log_model, log_model()),
     }
     return create_model("Recipe", __base__=RecipeBase, **fields)  # type: ignore[no-any-return,call-overload]
 
@@ -334,6 +360,8 @@ def _noun(loc: Loc, tag: str) -> str:
         return tag
     if len(named) == 1 and named[0] in _SECTION_NOUNS:
         return _SECTION_NOUNS[named[0]]
+    if named == ["log", "to"]:
+        return "logger"
     return f"{named[-1]} {tag}"
 
 

@@ -59,13 +59,13 @@ def render(study_dir: str | Path, *, console: Console | None = None) -> dict[str
 
     files = {
         "markdown": study_dir / "report.md",
-        "csv": study_dir / "report.csv",
+        "table": study_dir / "report.csv",
         "json": study_dir / "report.json",
     }
     files["markdown"].write_text(
         f"# Study: {summary.name}\n\n" + markdown(header, rows) + f"\n{caption}\n"
     )
-    with files["csv"].open("w", newline="") as handle:
+    with files["table"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)

@@ -23,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from compressor.contract.data import Data, DatasetBuilder, DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
+from compressor.contract.evaluation import Evaluation
 from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
+from compressor.contract.logger import RunInfo
 from compressor.contract.task import Task, to_device
 from compressor.engine.session import Session
 from compressor.host.manager import Plugins, default_plugins
@@ -41,6 +43,7 @@ from compressor.train.distributed import (
     process_group,
 )
 from compressor.train.progress import Progress
+from compressor.train.runlog import RunLog, check_loggers
 
 CHECKPOINT = "checkpoint.pt"
 REPORT = "report.json"
@@ -177,6 +180,8 @@ def prepare(
                 evaluator.check(context)
             except ConfigError as exc:
                 raise recipe.error(("evaluate", name, *exc.loc), exc.message) from None
+    if world.main:  # the one process that logs
+        check_loggers(recipe, plugins)
     return Prepared(data, model, session, task, context)
 
 
@@ -201,8 +206,9 @@ def initial_weights(template: str, seed: int) -> dict[str, torch.Tensor]:
 
 
 def resume_key(recipe: Recipe) -> dict[str, Any]:
-    """What must match to resume: the recipe except ``train.max_steps`` (how far to go)."""
-    data = recipe.to_dict()
+    """What must match to resume: the recipe except ``train.max_steps`` (how far to go) and
+    ``log:`` (where metrics go)."""
+    data = recipe.identity()
     data["train"] = {k: v for k, v in data["train"].items() if k != "max_steps"}
     return data
 
@@ -253,24 +259,34 @@ def run(
     skips such steps instead. Training time is measured as wall and process CPU time inside
     the loop and carried across resumes. Under ``torchrun`` every process trains its slice of
     each global batch (:mod:`compressor.train.distributed`); rank 0 alone evaluates and writes
-    files, and the other ranks return ``{"rank": ..., "world_size": ..., "steps": ...}``."""
+    files, and the other ranks return ``{"rank": ..., "world_size": ..., "steps": ...}``.
+
+    The recipe's ``log:`` loggers (rank 0) and the run observer hooks receive the metrics
+    (:mod:`compressor.train.runlog`); a run that fails closes them as failed, then raises."""
     out = Path(out_dir)
     if not resume and not overwrite and ((out / CHECKPOINT).exists() or (out / REPORT).exists()):
         raise CompressorError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     world = from_environment()
+    plugins = plugins or default_plugins()
+    runlog = RunLog(plugins)
     with process_group(world, recipe.config.train.device):
-        return _train(
-            recipe,
-            out,
-            world,
-            plugins=plugins or default_plugins(),
-            resume=resume,
-            progress=progress if world.main else False,
-            on_step=on_step,
-            label=label,
-        )
+        try:
+            return _train(
+                recipe,
+                out,
+                world,
+                plugins=plugins,
+                resume=resume,
+                progress=progress if world.main else False,
+                on_step=on_step,
+                label=label,
+                runlog=runlog,
+            )
+        except BaseException as exc:
+            runlog.fail(exc)
+            raise
 
 
 def sync_last(model: nn.Module, micro: int, count: int) -> contextlib.AbstractContextManager[Any]:
@@ -290,6 +306,7 @@ def _train(
     progress: bool | None,
     on_step: Callable[[Session], None] | None,
     label: str | None,
+    runlog: RunLog,
 ) -> dict[str, Any]:
     checkpoint_path = out / CHECKPOINT
     started = time.perf_counter()
@@ -305,12 +322,15 @@ def _train(
     optimizer = session.optimizer()
     history: list[dict[str, Any]] = []
     metric = task.metric
-    # time so far (carried across resumes) and the loss summed since the last evaluation
+    # time so far (carried across resumes), the loss summed since the last evaluation and
+    # since the last logged 'train' row
     clocks: dict[str, float] = {
         "train_s": 0.0,
         "train_cpu_s": 0.0,
         "loss_sum": 0.0,
         "loss_count": 0,
+        "log_loss_sum": 0.0,
+        "log_loss_count": 0,
     }
 
     def test_metrics() -> dict[str, float]:
@@ -335,7 +355,7 @@ def _train(
         model.load_state_dict(state["model"])
         session.load_state_dict(state["session"])
         history = [row for row in state["history"] if not row.get("partial")]
-        clocks = dict(state.get("clocks", clocks))
+        clocks = {**clocks, **state.get("clocks", {})}
     forward_model: nn.Module = model
     if world.distributed:  # after loading: DDP broadcasts rank 0's weights once more
         forward_model = DistributedDataParallel(
@@ -350,6 +370,22 @@ def _train(
     steps = StepBatches(context.batches, clock.steps_per_epoch, config.train.accumulate)
     prepares = type(task).prepare is not Task.prepare
     precision = autocast(config.train.precision, config.train.device)
+    resumed_at = session.step
+    runlog.open(
+        recipe,
+        RunInfo(
+            name=recipe.name,
+            label=label or recipe.name,
+            out_dir=out,
+            config=recipe.to_dict(),
+            recipe_hash=recipe.hash(),
+            rank=world.rank,
+            world_size=world.size,
+            resumed_at=resumed_at,
+            steps_per_epoch=clock.steps_per_epoch,
+            last_step=last_step,
+        ),
+    )
 
     def save_checkpoint() -> None:
         check_finite()  # a broken model is never written over a good checkpoint
@@ -377,6 +413,12 @@ def _train(
             "sparsity": session.sparsity()["global"],
         }
         history.append(row)
+        if session.step > resumed_at:  # a resumed run logged its last step already
+            runlog.log(
+                session.step,
+                {k: v for k, v in row.items() if k not in ("step", "epoch")},
+                "test",
+            )
         return row
 
     def micro_batches(step: int) -> list[Any]:
@@ -395,6 +437,8 @@ def _train(
 
     running_loss: torch.Tensor | float = float(clocks["loss_sum"])  # summed on the device
     running_count = int(clocks["loss_count"])
+    log_loss: torch.Tensor | float = float(clocks["log_loss_sum"])
+    log_count = int(clocks["log_loss_count"])
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
     started_wall, started_cpu = time.perf_counter(), time.process_time()
 
@@ -405,7 +449,32 @@ def _train(
         }
 
     def loss_so_far() -> dict[str, float]:
-        return {"loss_sum": float(running_loss), "loss_count": running_count}
+        return {
+            "loss_sum": float(running_loss),
+            "loss_count": running_count,
+            "log_loss_sum": float(log_loss),
+            "log_loss_count": log_count,
+        }
+
+    def log_train() -> None:
+        """A 'train' row: the loss since the last one (mean over steps and ranks), the LR, the
+        sparsity. Every rank comes here (the mean is a collective); rank 0 logs."""
+        nonlocal log_loss, log_count
+        check_finite()  # a diverged loss stops the run, it is not logged
+        loss = None
+        if log_count:
+            total = torch.as_tensor(log_loss, dtype=torch.float64, device=device)
+            loss = float(mean_over_ranks(world, total)) / log_count
+        runlog.log(
+            session.step,
+            {
+                "loss": loss,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "sparsity": session.sparsity()["global"] if world.main else None,
+            },
+            "train",
+        )
+        log_loss, log_count = 0.0, 0
 
     def mean_loss() -> float | None:
         """The loss since the last evaluation, averaged over the steps (and the ranks)."""
@@ -455,8 +524,13 @@ def _train(
                 )
                 running_loss = running_loss + detached
                 running_count += 1
+                if runlog.active:
+                    log_loss = log_loss + detached
+                    log_count += 1
             if on_step is not None:
                 on_step(session)
+            if runlog.due(session.step, last_step):
+                log_train()
             if session.step % config.train.log_every == 0 or session.step == last_step:
                 check_finite()
                 bar.update(
@@ -484,7 +558,9 @@ def _train(
     times = elapsed()
     save_checkpoint()
     if not world.main:
-        return {"rank": world.rank, "world_size": world.size, "steps": session.step}
+        mine = {"rank": world.rank, "world_size": world.size, "steps": session.step}
+        runlog.finish(mine)
+        return mine
     atomic_save(model.state_dict(), out / MODEL)
 
     if not history or history[-1]["step"] != session.step:
@@ -494,6 +570,15 @@ def _train(
         if evaluator_config is not None:
             evaluator = plugins.registries.evaluators.build(evaluator_config)
             evaluations[name] = evaluator.run(context, model).to_dict()
+    runlog.log(
+        session.step,
+        {
+            f"{name}:{key}": value
+            for name, result in evaluations.items()
+            for key, value in Evaluation.from_dict(result).metrics.items()
+        },
+        "evaluate",
+    )
 
     final = history[-1]
     extra: dict[str, Any] = {}
@@ -520,6 +605,7 @@ def _train(
         }
     )
     atomic_write_json(report, out / REPORT)
+    runlog.finish(report)
     return report
 
 

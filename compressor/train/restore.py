@@ -7,7 +7,7 @@ from pathlib import Path
 from compressor.contract.errors import CompressorError
 from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins, default_plugins
-from compressor.recipe.schema import validate_source
+from compressor.recipe.schema import OUTCOME_NEUTRAL, validate_source
 from compressor.recipe.source import Source
 from compressor.train.context import RunContext
 from compressor.train.loop import CHECKPOINT, prepare
@@ -21,7 +21,9 @@ def restore_run(run_dir: str | Path, plugins: Plugins | None = None) -> RunConte
     if not path.exists():
         raise CompressorError(f"{path} not found: is {run_dir} a run folder?")
     state = load_checkpoint(path)
-    recipe = validate_source(Source(str(path), state["recipe"]), plugins.registries)
+    # where the run logged is no part of it: its loggers' plugins need not be loaded now
+    data = {k: v for k, v in state["recipe"].items() if k not in OUTCOME_NEUTRAL}
+    recipe = validate_source(Source(str(path), data), plugins.registries)
     prepared = prepare(recipe, plugins, with_data=False)
     prepared.model.load_state_dict(state["model"])
     prepared.session.optimizer()

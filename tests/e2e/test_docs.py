@@ -50,9 +50,10 @@ def test_every_plugin_kind_has_an_example() -> None:
     files = blocks("file")
     text = "\n".join(files.values())
     bases = ("Operator", "Schedule", "Modifier", "TwoPassWrapper", "Evaluator", "Exporter")
-    for base in (*bases, "Launcher"):
+    for base in (*bases, "Launcher", "Logger"):
         assert f"({base})" in text, base
-    for hook in ("register_models", "register_datasets", "step_finished", "register_commands"):
+    for hook in ("register_models", "register_datasets", "step_finished", "register_commands",
+                 "register_loggers", "run_finished"):  # fmt: skip
         assert f"def {hook}" in text, hook
 
 
@@ -62,7 +63,10 @@ def test_a_model_and_dataset_plugin_fits_in_30_lines() -> None:
 
 
 def test_the_examples_run_together_through_the_cli(examples: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     results = []
     for argv in commands():
         assert argv[0] == "compressor"
@@ -94,6 +98,17 @@ def test_the_examples_run_together_through_the_cli(examples: Path) -> None:
         (examples / "study" / "runs" / "random-prune-seed0" / "report.json").read_text()
     )
     assert studied["evaluations"]["nonzeros"] == report["evaluations"]["nonzeros"]
+    logged = [json.loads(line) for line in (examples / "run" / "metrics.jsonl").open()]
+    assert [(r["step"], r["phase"]) for r in logged[:-1] if r["phase"] != "test"] == [
+        (10, "train"), (20, "train"), (30, "train"), (40, "train"), (40, "evaluate")
+    ]  # fmt: skip
+    assert [r["step"] for r in logged if r.get("phase") == "test"] == list(range(4, 41, 4))
+    assert (
+        logged[-2]["nonzeros:thousands"]
+        == report["evaluations"]["nonzeros"]["metrics"]["thousands"]
+    )
+    assert logged[-1] == {"status": "done", "error": None}
+    assert "random-prune: done, rank 0 of 1" in run.stderr
 
 
 def test_the_study_example_in_comparing_md_validates(tmp_path: Path) -> None:
@@ -127,3 +142,54 @@ def test_the_own_loop_example_in_data_md_runs(
     script.write_text(code)
     runpy.run_path(str(script), run_name="__main__")
     assert "8 optimizer steps, sparsity 0.50" in capsys.readouterr().out
+
+
+def test_the_recipe_in_logging_md_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/logging.md's recipe through ``compressor run``, on fewer samples; its MLflow
+    snippet validates in it."""
+    import csv
+
+    import yaml
+
+    from compressor.cli.main import main
+    from compressor.host.manager import load_plugins
+    from compressor.recipe.schema import recipe_from_text
+
+    pytest.importorskip("torch.utils.tensorboard", reason="needs the 'tensorboard' extra")
+    page = (ROOT / "docs" / "logging.md").read_text()
+    yamls = [body for lang, body in BLOCK.findall(page) if lang == "yaml"]
+    (recipe,) = [body for body in yamls if body.startswith("# recipe: logged.yaml")]
+    (command, *_) = [body for lang, body in BLOCK.findall(page) if lang == "bash"]
+    assert command.splitlines()[0] == "compressor run logged.yaml"
+    (tmp_path / "logged.yaml").write_text(recipe)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "logged.yaml", "--quiet", "--set", "data.samples=500"]) == 0
+    out = tmp_path / "runs" / "gmp-logged"
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = {phase: sorted({int(r["step"]) for r in rows if r["phase"] == phase})
+             for phase in ("train", "test", "evaluate")}  # fmt: skip
+    # 400 training samples in batches of 128: 4 steps an epoch, 12 in all
+    assert steps == {"train": [5, 10, 12], "test": [4, 8, 12], "evaluate": [12]}
+    assert {r["name"] for r in rows if r["phase"] == "evaluate"} >= {"oneshot:0.9"}
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+    mlflow = [body for body in yamls if "name: mlflow" in body]
+    assert mlflow
+    for snippet in mlflow:
+        data = {**yaml.safe_load(recipe), **yaml.safe_load(snippet)}
+        registries = load_plugins(autoload=False).registries
+        assert recipe_from_text(yaml.safe_dump(data), registries=registries).config.log.to
+
+
+def test_the_overview_in_recipes_md_validates_and_shows_every_section() -> None:
+    import yaml
+
+    from compressor.host.manager import load_plugins
+    from compressor.recipe.schema import build_recipe_model, recipe_from_text
+
+    page = (ROOT / "docs" / "recipes.md").read_text()
+    overview = next(body for lang, body in BLOCK.findall(page) if lang == "yaml")
+    registries = load_plugins(autoload=False).registries
+    recipe_from_text(overview, "recipes.md", registries=registries)
+    assert list(yaml.safe_load(overview)) == list(build_recipe_model(registries).model_fields)
