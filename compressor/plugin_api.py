@@ -47,6 +47,7 @@ from compressor.contract.optimizer import (
     OptimizerConfig,
     OptimizerFactory,
     OptimizerWrapper,
+    TwoPassConfig,
     TwoPassWrapper,
 )
 from compressor.contract.schedule import Schedule
@@ -107,6 +108,7 @@ __all__ = [
     "StepSpec",
     "Target",
     "Task",
+    "TwoPassConfig",
     "TwoPassWrapper",
     "TypeConfig",
     "atomic_save",
