@@ -127,6 +127,7 @@ class TwoPassWrapper(OptimizerWrapper):
         self.second_passes = 0
         """Steps on which pass 2 ran; the rest reused the stored correction."""
         self._reused: dict[int, torch.Tensor] = {}  # id(param) -> g_v
+        self._unit: dict[int, torch.Tensor] = {}  # id(param) -> g_v / ||g_v|| (not saved)
         self._parallel: torch.Tensor | None = None  # c; None until a full step stored g_v
 
     # -- what a method says ----------------------------------------------------------------
@@ -204,23 +205,32 @@ class TwoPassWrapper(OptimizerWrapper):
         gg = _dot(grads, grads)
         c = torch.where(gg > 0, _dot(h, grads) / gg, torch.zeros_like(gg))
         g_v = torch._foreach_sub(h, torch._foreach_mul(grads, c))
-        self._reused = {id(p): v for p, v in zip(params, g_v, strict=True)}
-        self._parallel = c
+        self._keep({id(p): v for p, v in zip(params, g_v, strict=True)}, c)
+
+    def _keep(self, reused: dict[int, torch.Tensor], parallel: torch.Tensor) -> None:
+        """Store ``g_v`` and ``c``, and ``g_v/||g_v||`` (0 when ``g_v`` is 0) for the reusing
+        steps, which then need only ``||g||``."""
+        self._reused, self._parallel = reused, parallel
+        vectors = list(reused.values())
+        norm = _norm(vectors) if vectors else torch.zeros(())
+        inverse = torch.where(norm > 0, 1 / norm, torch.zeros_like(norm))
+        self._unit = dict(zip(reused, torch._foreach_mul(vectors, inverse), strict=True))
 
     def _reuse(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """``p.grad = ĥ = β·g + alpha·(||g||/||g_v||)·g_v`` (no correction when ``g_v`` is 0;
         a parameter with no stored ``g_v`` has none)."""
         assert self._parallel is not None
-        g_v = [self._reused.get(id(p)) for p in params]
-        stored = [
-            v if v is not None else torch.zeros_like(p) for p, v in zip(params, g_v, strict=True)
+        unit = [self._unit.get(id(p)) for p in params]
+        units = [
+            u if u is not None else torch.zeros_like(p) for p, u in zip(params, unit, strict=True)
         ]
-        norm_v = _norm(stored)
-        scale = torch.where(
-            norm_v > 0, self.alpha * _norm(grads) / norm_v, torch.zeros_like(norm_v)
-        )
-        h = torch._foreach_mul(grads, self.reused_parallel(self._parallel))
-        torch._foreach_add_(h, torch._foreach_mul(stored, scale))
+        correction = torch._foreach_mul(units, self.alpha * _norm(grads))
+        beta = self.reused_parallel(self._parallel)
+        if isinstance(beta, float) and beta == 1.0:  # LookSAM: g + correction, one add
+            h = torch._foreach_add(grads, correction)
+        else:
+            h = torch._foreach_mul(grads, beta)
+            torch._foreach_add_(h, correction)
         for p, value in zip(params, h, strict=True):
             p.grad = value
 
@@ -259,12 +269,13 @@ class TwoPassWrapper(OptimizerWrapper):
         params = self._indexed()
         self.steps = int(saved["steps"])
         self.second_passes = int(saved["second_passes"])
-        parallel = saved["parallel"]
-        self._parallel = None if parallel is None else parallel.to(params[0].device)
-        self._reused = {
+        if saved["parallel"] is None:
+            return
+        reused = {
             id(params[int(i)]): v.to(params[int(i)].device, params[int(i)].dtype)
-            for i, v in saved["reused"].items()
+            for i, v in sorted(saved["reused"].items())  # parameter order, as when stored
         }
+        self._keep(reused, saved["parallel"].to(params[0].device))
 
     def every_text(self) -> str:
         """``", every=k, alpha=a"`` for :meth:`describe` when ``every > 1``, else ``""``."""
