@@ -126,8 +126,8 @@ class TwoPassWrapper(OptimizerWrapper):
         """Steps taken (pass 1 ran)."""
         self.second_passes = 0
         """Steps on which pass 2 ran; the rest reused the stored correction."""
-        self._reused: dict[int, torch.Tensor] = {}  # id(param) -> g_v
-        self._unit: dict[int, torch.Tensor] = {}  # id(param) -> g_v / ||g_v|| (not saved)
+        self._unit: dict[int, torch.Tensor] = {}  # id(param) -> g_v / ||g_v||
+        self._norm_v: torch.Tensor | None = None  # ||g_v||
         self._parallel: torch.Tensor | None = None  # c; None until a full step stored g_v
 
     # -- what a method says ----------------------------------------------------------------
@@ -200,21 +200,17 @@ class TwoPassWrapper(OptimizerWrapper):
         return loss
 
     def _store(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """``c = <h, g>/||g||²`` (0 when ``g`` is 0) and ``g_v = h - c·g``, kept for reuse."""
+        """``c = <h, g>/||g||²`` (0 when ``g`` is 0) and ``g_v = h - c·g``, kept as its norm and
+        its direction ``g_v/||g_v||`` (0 when ``g_v`` is 0): one buffer, and the reusing
+        steps need only ``||g||``."""
         h = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         gg = _dot(grads, grads)
         c = torch.where(gg > 0, _dot(h, grads) / gg, torch.zeros_like(gg))
-        g_v = torch._foreach_sub(h, torch._foreach_mul(grads, c))
-        self._keep({id(p): v for p, v in zip(params, g_v, strict=True)}, c)
-
-    def _keep(self, reused: dict[int, torch.Tensor], parallel: torch.Tensor) -> None:
-        """Store ``g_v`` and ``c``, and ``g_v/||g_v||`` (0 when ``g_v`` is 0) for the reusing
-        steps, which then need only ``||g||``."""
-        self._reused, self._parallel = reused, parallel
-        vectors = list(reused.values())
-        norm = _norm(vectors) if vectors else torch.zeros(())
-        inverse = torch.where(norm > 0, 1 / norm, torch.zeros_like(norm))
-        self._unit = dict(zip(reused, torch._foreach_mul(vectors, inverse), strict=True))
+        g_v = list(torch._foreach_sub(h, torch._foreach_mul(grads, c)))
+        norm = _norm(g_v)
+        torch._foreach_mul_(g_v, torch.where(norm > 0, 1 / norm, torch.zeros_like(norm)))
+        self._unit = {id(p): v for p, v in zip(params, g_v, strict=True)}
+        self._norm_v, self._parallel = norm, c
 
     def _reuse(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """``p.grad = ĥ = β·g + alpha·(||g||/||g_v||)·g_v`` (no correction when ``g_v`` is 0;
@@ -240,9 +236,9 @@ class TwoPassWrapper(OptimizerWrapper):
         return [p for group in self.base.param_groups for p in group["params"]]
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state; with ``every > 1`` also ``two_pass``: the stored
-        ``g_v`` (by parameter index, as torch's optimizers key their state), ``c`` and the
-        pass counts."""
+        """The base optimizer's state; with ``every > 1`` also ``two_pass``: the stored ``g_v``
+        as its direction (``unit``, by parameter index, as torch's optimizers key their state)
+        and ``norm``, ``c`` (``parallel``) and the pass counts."""
         state = self.base.state_dict()
         if self.every == 1:
             return state
@@ -254,7 +250,8 @@ class TwoPassWrapper(OptimizerWrapper):
                 "steps": self.steps,
                 "second_passes": self.second_passes,
                 "parallel": self._parallel,
-                "reused": {index[key]: value for key, value in self._reused.items()},
+                "norm": self._norm_v,
+                "unit": {index[key]: value for key, value in self._unit.items()},
             },
         }
 
@@ -271,11 +268,12 @@ class TwoPassWrapper(OptimizerWrapper):
         self.second_passes = int(saved["second_passes"])
         if saved["parallel"] is None:
             return
-        reused = {
+        device = params[0].device
+        self._parallel, self._norm_v = saved["parallel"].to(device), saved["norm"].to(device)
+        self._unit = {
             id(params[int(i)]): v.to(params[int(i)].device, params[int(i)].dtype)
-            for i, v in sorted(saved["reused"].items())  # parameter order, as when stored
+            for i, v in saved["unit"].items()
         }
-        self._keep(reused, saved["parallel"].to(params[0].device))
 
     def every_text(self) -> str:
         """``", every=k, alpha=a"`` for :meth:`describe` when ``every > 1``, else ``""``."""

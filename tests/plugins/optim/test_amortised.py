@@ -322,14 +322,17 @@ def test_bad_every_settings_are_recipe_errors(wrapper: str, message: str) -> Non
 
 
 def test_state_dict_holds_what_is_reused_by_parameter_index() -> None:
+    """g_v as its norm and unit direction (one tensor per parameter, by index) and c."""
     _, session, _ = _train("{name: cram, rho: 0.1, sparsities: [0.7], every: 5}", 7)
     state = session.state_dict()["optimizer"]
     assert set(state) == {"state", "param_groups", "two_pass"}
     saved = state["two_pass"]
     assert (saved["every"], saved["steps"], saved["second_passes"]) == (5, 7, 2)
-    assert saved["parallel"].dim() == 0
+    assert saved["parallel"].dim() == 0 and float(saved["norm"]) > 0
     shapes = [p.shape for p in session.model.parameters()]
-    assert {i: v.shape for i, v in saved["reused"].items()} == dict(enumerate(shapes))
+    assert {i: v.shape for i, v in saved["unit"].items()} == dict(enumerate(shapes))
+    total = sum(float((v.double() ** 2).sum()) for v in saved["unit"].values())
+    assert total == pytest.approx(1.0, rel=1e-6)
 
 
 # -- resume in the middle of a cycle, through the built-in loop ------------------------------
@@ -354,7 +357,7 @@ def test_resume_mid_cycle_equals_an_uninterrupted_run(
     run(_loop_recipe(wrapper, 12, plugins), tmp_path / "straight", plugins=plugins, progress=False)
     run(_loop_recipe(wrapper, 7, plugins), tmp_path / "split", plugins=plugins, progress=False)
     cut = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
-    assert cut["session"]["step"] == 7 and cut["session"]["optimizer"]["two_pass"]["reused"]
+    assert cut["session"]["step"] == 7 and cut["session"]["optimizer"]["two_pass"]["unit"]
     dropped = copy.deepcopy(cut)  # the same checkpoint without the reused state
     del dropped["session"]["optimizer"]["two_pass"]
     (tmp_path / "dropped").mkdir()
@@ -380,9 +383,10 @@ def test_resume_mid_cycle_equals_an_uninterrupted_run(
     a, b = straight["session"]["optimizer"], split["session"]["optimizer"]
     for index, buffers in a["state"].items():
         assert torch.equal(b["state"][index]["momentum_buffer"], buffers["momentum_buffer"])
-    assert torch.equal(a["two_pass"]["parallel"], b["two_pass"]["parallel"])
-    for index, value in a["two_pass"]["reused"].items():
-        assert torch.equal(b["two_pass"]["reused"][index], value)
+    for key in ("parallel", "norm"):
+        assert torch.equal(a["two_pass"][key], b["two_pass"][key])
+    for index, value in a["two_pass"]["unit"].items():
+        assert torch.equal(b["two_pass"]["unit"][index], value)
     assert torch.equal(straight["session"]["generator"], split["session"]["generator"])
     assert report["wrapper"]["steps"] == 12 and report["wrapper"]["second_passes"] == 3
     # without the reused state the resumed run runs pass 2 at step 7 and ends elsewhere
