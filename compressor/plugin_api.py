@@ -54,6 +54,7 @@ from compressor.contract.optimizer import (
     OptimizerConfig,
     OptimizerFactory,
     OptimizerWrapper,
+    TwoPassConfig,
     TwoPassWrapper,
 )
 from compressor.contract.schedule import Schedule
@@ -124,6 +125,7 @@ __all__ = [
     "StepSpec",
     "Target",
     "Task",
+    "TwoPassConfig",
     "TwoPassWrapper",
     "TypeConfig",
     "atomic_save",

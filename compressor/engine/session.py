@@ -28,6 +28,7 @@ from compressor.contract.errors import ConfigError, Loc
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
 from compressor.contract.optim import DelegatingOptimizer, params_with_grad
+from compressor.contract.optimizer import OptimizerWrapper
 from compressor.contract.schedule import Schedule
 from compressor.contract.selection import (
     Target,
@@ -126,6 +127,7 @@ class Session:
         self._example_inputs = example_inputs
         self._calibration = calibration
         self.optimizer_: SessionOptimizer | None = None
+        self.wrapper_: OptimizerWrapper | None = None
         self.lr_schedule: Schedule | None = None
         if recipe.config.lr_schedule is not None:
             self.lr_schedule = self._located(
@@ -226,7 +228,7 @@ class Session:
         if self.scaler.checking:  # an overflow in any pass skips the base optimizer's update
             inner = StepGuard(base, lambda: self.scaler.found_inf)
         if config.wrapper is not None:
-            inner = self._located(
+            inner = self.wrapper_ = self._located(
                 ("wrapper",), self.registries.wrappers.build, config.wrapper, inner, self
             )
         self.optimizer_ = SessionOptimizer(inner, self)
@@ -324,6 +326,11 @@ class Session:
                 for p in self.registries.plugins
             ],
         }
+        if self.wrapper_ is not None:  # e.g. how many second passes a two-pass wrapper ran
+            report["wrapper"] = {
+                "name": getattr(self.wrapper_.config, "name", type(self.wrapper_).__name__),
+                **self.wrapper_.report(),
+            }
         if extra:
             report.update(extra)
         self.plugins.notify("session_finished", context=self, report=report)

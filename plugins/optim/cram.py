@@ -18,6 +18,20 @@ Targets: ``operator`` + ``sparsities`` (Multi: one sparsity drawn uniformly per 
 ``operators``: one operator drawn uniformly per step, then one of its sparsities (its
 ``fixed_sparsity()`` for patterns such as N:M, else one of ``sparsities``). Draws come from the
 session's generator, seeded alike on every rank, so data-parallel workers compress alike.
+
+``every: k`` > 1 (experimental; TwoPassWrapper does the bookkeeping). Pass 2 (and the mask)
+only when ``step % k == 0``. There the compressed-point term ``h = M ⊙ g_c`` (``g_c`` without
+``sparse_grad``) is split against the dense ``g``: ``c = <h, g>/||g||²``, ``g_v = h - c·g``,
+both stored. In between, pass 1 alone and ``ĥ = c·g + alpha·(||g||/||g_v||)·g_v`` stands in
+for ``h``: CrAM+ steps with ``g + ĥ``, CrAM with ``ĥ``. The parallel part keeps the measured
+``c`` rather than LookSAM's 1 because ``M ⊙ g_c`` lives on the kept weights only: on the
+Q-protocol recipe ``c`` is about 0.3 (0.01–0.74 over steps 100–400), so ``ĥ = g + ...`` would
+step about 1.5x further along ``g`` on reusing steps than on full ones. ``ĥ`` is not masked:
+no mask is computed on a reusing step, and the last mask's effect is in ``c`` and ``g_v``.
+A reusing step still makes the step's draw from the session's generator and discards it, so
+the generator advances exactly as with ``every: 1`` (the full steps draw the targets the full
+method draws at those steps, and all ranks stay alike); the operator is not called. ``every``
+and ``mask_every`` above 1 together are refused: their windows would disagree.
 """
 
 from __future__ import annotations
@@ -34,8 +48,8 @@ from compressor.plugin_api import (
     Operator,
     OperatorSpec,
     Sparsity,
+    TwoPassConfig,
     TwoPassWrapper,
-    TypeConfig,
     hookimpl,
 )
 from compressor_plugins.prune.magnitude import default_operator
@@ -44,7 +58,7 @@ from compressor_plugins.prune.magnitude import default_operator
 class CrAM(TwoPassWrapper):
     """Two passes and one mask computation per step; the returned loss is pass 1's."""
 
-    class Config(TypeConfig):
+    class Config(TwoPassConfig):
         name: Literal["cram"]
         rho: float = Field(
             0.05, gt=0, description="unnormalised perturbation w + rho·g (not SAM's rho)"
@@ -65,6 +79,11 @@ class CrAM(TwoPassWrapper):
         def _one_way(self) -> Any:
             if self.operators and "operator" in self.model_fields_set:
                 raise ValueError("give either 'operator' or 'operators', not both")
+            if self.every > 1 and self.mask_every > 1:
+                raise ValueError(
+                    f"every: {self.every} and mask_every: {self.mask_every} cannot be combined "
+                    "(a mask is computed only on steps that run pass 2); keep one of them at 1"
+                )
             return self
 
     def __init__(
@@ -104,7 +123,7 @@ class CrAM(TwoPassWrapper):
 
     def describe(self) -> str:
         kind = "CrAM+" if self.config.plus else "CrAM"
-        return f"{kind}(rho={self.config.rho:g}) over {type(self.base).__name__}"
+        return f"{kind}(rho={self.config.rho:g}{self.every_text()}) over {type(self.base).__name__}"
 
     # -- the two passes (the skeleton is TwoPassWrapper.step) -------------------------------
 
@@ -118,19 +137,30 @@ class CrAM(TwoPassWrapper):
         torch._foreach_add_(params, torch._foreach_mul(grads, float(self.config.rho)))
         self._compress()
 
-    def combine(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """``M ⊙ g_c`` with ``sparse_grad``; CrAM+ adds the dense ``g`` (a sum, not a mean)."""
+    def second_term(self, params: list[torch.Tensor]) -> None:
+        """``h = M ⊙ g_c`` with ``sparse_grad``, else ``g_c``."""
         if self.config.sparse_grad:
             for name, mask in self.masks.items():
                 grad = self._mask_params[name].grad
                 if grad is not None:
                     grad.mul_(mask)
+
+    def combine(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """CrAM+ adds the dense ``g`` to ``h`` (a sum, not a mean); CrAM keeps ``h``."""
         if self.config.plus:
             for p, g in zip(params, grads, strict=True):
                 if p.grad is None:
                     p.grad = g
                 else:
                     p.grad.add_(g)
+
+    def reused_parallel(self, measured: torch.Tensor) -> torch.Tensor:
+        """The measured ``c``: ``M ⊙ g_c`` is far from ``g`` along ``g`` (see the module)."""
+        return measured
+
+    def skip_second_pass(self) -> None:
+        """The step's draw, discarded: the generator advances as on a full step."""
+        self.draw()
 
     def _compress(self) -> None:
         """Turn the perturbed weights into ``w~`` in place and record ``M``."""

@@ -175,3 +175,39 @@ def test_gpu_check_on_cpu_skips_every_cuda_section_with_its_reason(tmp_path: Pat
     tests = (out / "cuda-tests.txt").read_text()
     assert "skipped" in tests or "deselected" in tests
     assert (out / "log.txt").is_file()
+
+
+def test_amortised_cost_smoke(tmp_path: Path) -> None:
+    """Every k timed against SGD in whole cycles: pass 2 ran on 1/k of the 30 steps."""
+    output = tmp_path / "amortised_cost-smoke.json"
+    stdout = run_smoke("amortised_cost", "--output", str(output))
+    assert "bar cram+ k=5 <= 1.3x SGD (cpu)" in stdout
+    data = json.loads(output.read_text())
+    assert data["smoke"] is True and data["steps_per_round"] == 10
+    assert [row["model"] for row in data["results"]] == ["mnist1d_cnn", "resnet20"]
+    for row in data["results"]:
+        assert row["sgd"]["cpu"]["ratio_median"] == 1.0 and row["sgd"]["second_passes"] is None
+        for method in ("sam", "cram+"):
+            for k in (1, 2, 5, 10):
+                entry = row[f"{method} k={k}"]
+                assert (entry["steps"], entry["second_passes"]) == (30, 30 // k)
+                assert entry["cpu"]["median_s"] > 0 and entry["wall"]["ratio_median"] > 0
+
+
+def test_amortised_study_smoke(tmp_path: Path) -> None:
+    """The sweep (8 runs, seed 0), the rule, seed 1 for k = 1, 5 and the chosen k, the tables."""
+    output = tmp_path / "amortised-smoke.json"
+    stdout = run_smoke("amortised", "--out", str(tmp_path / "study"), "--json", str(output))
+    assert "rule: score(1) = " in stdout and "chosen k = " in stdout
+    data = json.loads(output.read_text())
+    chosen = data["rule"]["chosen"]
+    assert chosen in (5, 10) and "largest k in {5, 10}" in data["rule"]["text"]
+    assert set(data["rule"]["gaps"]) == {"5", "10"}
+    for method in ("CrAM+ Multi", "SAM"):
+        for k in (1, 2, 5, 10):
+            seeds = data["seeds"][f"{method} k={k}"]["seeds"]
+            assert seeds == ([0, 1] if k in {1, 5, chosen} else [0]), (method, k, seeds)
+            assert data["seeds"][f"{method} k={k}"]["passes"] == f"{30 // k} / 30"
+    bars = {row["bar"] for row in data["acceptance"]}
+    assert "CrAM+ k=5 one-shot 90% >= k=1 - 0.5" in bars
+    assert f"CrAM+ k={chosen} one-shot 95% >= k=1 - 0.5" in bars

@@ -142,6 +142,6 @@ def test_explain_shows_the_optimizer_and_wrapper_settings(
     out = capsys.readouterr().out
     assert "optimizer: sgd (lr 0.1, weight_decay 0.0005, momentum 0.9, nesterov True" in out
     assert (
-        "wrapper: cram (rho 0.02, plus True, sparse_grad True, sparsities [0.7, 0.8, 0.9, 0.95]"
-        in out
+        "wrapper: cram (every 1, alpha 0.7, rho 0.02, plus True, sparse_grad True,"
+        " sparsities [0.7, 0.8, 0.9, 0.95]" in out
     )
