@@ -130,6 +130,10 @@ def register_launchers(register: Register) -> None:
         ``Config`` has a ``name: Literal[...]`` tag (``compare --launcher NAME``, or a study's
         ``launcher: {name: ...}``). Built in: ``local`` (this machine, ``--jobs N`` worker
         processes) and ``submitit`` (Slurm, or submitit's local executor).
+    """
+
+
+@hookspec
 def register_loggers(register: Register) -> None:
     """Register loggers, selected by a recipe's ``log: {to: [{name: ...}]}``.
 
