@@ -211,3 +211,11 @@ def test_amortised_study_smoke(tmp_path: Path) -> None:
     bars = {row["bar"] for row in data["acceptance"]}
     assert "CrAM+ k=5 one-shot 90% >= k=1 - 0.5" in bars
     assert f"CrAM+ k={chosen} one-shot 95% >= k=1 - 0.5" in bars
+
+
+def test_parallel_smoke_stores_the_same_runs_as_serial() -> None:
+    """bench/parallel.py at smoke size: both stores hold the same runs and metric names."""
+    run_smoke("parallel")
+    data = json.loads((ROOT / "bench" / "results" / "parallel-smoke.json").read_text())
+    assert data["same_runs"] is True and data["same_metric_names"] is True
+    assert data["runs"] == 8 and data["serial_wall_s"] > 0 and data["parallel_wall_s"] > 0
