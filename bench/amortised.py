@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
     args = parser.parse_args(argv)
 
     import torch
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report_only:
         study, plugins = load(STUDY, out, [0], overrides)
-        run(study, plugins, out, progress)
+        run(study, plugins, out, progress, args.jobs, args.threads)
     rule = choose(collect(out))
     if rule["chosen"] is None:
         print(f"the rule needs CrAM+ Multi seed 0 at k = {rule['missing']}: run the sweep first")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = int(rule["chosen"])
     if not args.report_only:
         study, plugins = load(STUDY, out, seeds, overrides)
-        run(phase_two(study, chosen, seeds), plugins, out, progress)
+        run(phase_two(study, chosen, seeds), plugins, out, progress, args.jobs, args.threads)
     runs = collect(out)
 
     sweep_text, sweep = tables(runs, [0])

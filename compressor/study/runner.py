@@ -207,7 +207,10 @@ class Recorder:
                 **common, report=report, metrics=metrics_of(report), curves=curves_of(report)
             )
             if self.progress and not self.in_process:
-                console.print(f"[{job.position}/{self.total}] {job.title}: done")
+                name = headline(report)
+                value = report.get("metrics", {}).get(name)
+                shown = f": {name} {value:.4g}" if isinstance(value, float) else ""
+                console.print(f"[{job.position}/{self.total}] {job.title}: done{shown}")
             return
         message = outcome.error or "the run failed without a message"
         self.store.record(**common, report=None, error=message)
