@@ -42,7 +42,9 @@ class Data:
 
     ``calibration`` holds training samples as evaluation sees them (no augmentation), for BN
     re-calibration and data-aware compression; by default the training set itself.
-    ``collate`` is the DataLoader's ``collate_fn`` (default: torch's).
+    ``collate`` is the DataLoader's ``collate_fn`` (default: torch's). ``random``: loading a
+    training sample may draw random numbers (augmentation), so the loop loads each under its
+    own seed to keep resume exact; a dataset that never does says False and skips that cost.
     """
 
     train: Dataset[Any]
@@ -50,6 +52,7 @@ class Data:
     info: DataInfo
     calibration: Dataset[Any] | None = None
     collate: Callable[[list[Any]], Any] | None = None
+    random: bool = True
 
     def calibration_set(self) -> Dataset[Any]:
         return self.train if self.calibration is None else self.calibration

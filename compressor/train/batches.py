@@ -8,9 +8,10 @@ resumed run reads exactly what it would have read, and a rank's share of a batch
 from it (data parallelism).
 
 Random augmentation is made a pure function of (seed, epoch, sample index) too: every sample
-is loaded with torch's CPU generator seeded from those three (and restored afterwards, so the
-training RNG is untouched), so resuming mid-epoch with workers reproduces the same augmented
-pixels. It costs a few microseconds per sample.
+is loaded with torch's CPU generator seeded from those three (and restored after the batch,
+so the training RNG is untouched), so resuming mid-epoch with workers reproduces the same
+augmented pixels. It costs a few microseconds per sample, and nothing for datasets that say
+they draw no random numbers (``Data.random = False``).
 """
 
 from __future__ import annotations
@@ -45,22 +46,33 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class Seeded(Dataset[Any]):
-    """A dataset read with keys ``(epoch, index)``: each sample under its own torch seed."""
+    """A dataset read with keys ``(epoch, index)``: each sample under its own torch seed
+    (``random``; otherwise plainly, at the cost of a hand-written loader). The DataLoader
+    fetches a whole batch through ``__getitems__``, so the training RNG is saved and restored
+    once per batch, not per sample."""
 
-    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+    def __init__(self, dataset: Dataset[Any], seed: int, random: bool = True) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.random = random
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        if not self.random:
+            return [self.dataset[index] for _, index in keys]
         generator = torch.default_generator  # the CPU generator transforms draw from
         state = generator.get_state()  # (torch.manual_seed would also seed every accelerator:
-        generator.manual_seed(sample_seed(self.seed, epoch, index))  # 100x slower per sample)
-        try:
-            return self.dataset[index]
+        try:  # 100x slower per sample)
+            items = []
+            for epoch, index in keys:
+                generator.manual_seed(sample_seed(self.seed, epoch, index))
+                items.append(self.dataset[index])
+            return items
         finally:
             generator.set_state(state)
 
@@ -154,7 +166,7 @@ class Batches:
 
     def __init__(self, data: Data | DataSplits, settings: LoaderSettings, seed: int) -> None:
         if isinstance(data, DataSplits) and not settings.in_memory:
-            data = Data(data.train, data.test, data.info)
+            data = Data(data.train, data.test, data.info, random=False)  # tensors draw nothing
         self.data = data
         self.settings = settings
         self.seed = seed
@@ -194,7 +206,7 @@ class Batches:
                 self.samples, s.batch_size, self.seed, s.drops_last, s.rank, s.ranks
             )
             self._loader = DataLoader(
-                Seeded(self.data.train, self.seed),
+                Seeded(self.data.train, self.seed, self.data.random),
                 batch_sampler=self._sampler,
                 collate_fn=self.data.collate,
                 **s.loader_kwargs(),

@@ -174,7 +174,7 @@ class Text(DatasetBuilder):
                 f"{self.config.path}: the test part ({tokens.numel() - split} tokens) is shorter "
                 f"than one block of {length}; raise test_fraction or lower block_size"
             )
-        return Data(Blocks(tokens[:split], length), test, self.info())
+        return Data(Blocks(tokens[:split], length), test, self.info(), random=False)
 
 
 def _tokenizer(folder: str) -> Any:

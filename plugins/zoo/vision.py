@@ -216,6 +216,10 @@ Transforms = Annotated[
 keeps a bad list item from also reporting "not a string"."""
 
 
+RANDOM = {"random_resized_crop", "random_crop", "hflip", "color_jitter"}
+"""Transforms that draw random numbers: a dataset with one is loaded under per-sample seeds."""
+
+
 def build_transform(items: list[str | dict[str, Any]], image_size: int) -> Callable[[Any], Any]:
     """A torchvision ``Compose`` of the named transforms, ToTensor before ``normalize``."""
     T = torchvision_module("transforms").transforms
@@ -282,9 +286,14 @@ class VisionDataset(DatasetBuilder):
     presets: ClassVar[dict[str, Callable[[int], list[str | dict[str, Any]]]]] = {}
 
     def transform(self, which: str) -> Callable[[Any], Any]:
+        return build_transform(self.transform_items(which), self.config.image_size)
+
+    def transform_items(self, which: str) -> list[str | dict[str, Any]]:
         spec = getattr(self.config, f"{which}_transforms")
-        items = self.presets[which](self.config.image_size) if isinstance(spec, str) else spec
-        return build_transform(items, self.config.image_size)
+        items: list[str | dict[str, Any]] = (
+            self.presets[which](self.config.image_size) if isinstance(spec, str) else spec
+        )
+        return items
 
     def info(self) -> DataInfo:
         size = self.config.image_size
@@ -300,6 +309,9 @@ class VisionDataset(DatasetBuilder):
             test=Transformed(test, test_transform),
             info=self.info(),
             calibration=Transformed(train, test_transform),
+            random=any(
+                parse_transform(item)[0] in RANDOM for item in self.transform_items("train")
+            ),
         )
 
 

@@ -209,3 +209,32 @@ def test_session_recipes_need_no_model_or_data(plugins: Plugins, tmp_path: Path)
     assert session.sparsity()["global"] == pytest.approx(0.5)
     with pytest.raises(RecipeError, match="missing 'model:' section: compressor run builds"):
         run(r, tmp_path / "x", plugins=plugins, progress=False)
+
+
+class Draws(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A sample is the random number its loading drew (what an augmentation would draw)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> float:
+        return float(torch.rand(()))
+
+
+def test_seeded_reads_a_batch_under_per_sample_seeds_and_plain_datasets_plainly() -> None:
+    from compressor.train.batches import Seeded
+
+    keys = [(3, 1), (3, 5), (3, 2)]
+    seeded = Seeded(Draws(), seed=7)
+    torch.manual_seed(0)
+    batch = seeded.__getitems__(keys)
+    after = torch.rand(())
+    torch.manual_seed(123)  # another training RNG state: the same samples, one at a time
+    assert [seeded[key] for key in keys] == batch
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(()), after), "the training RNG is restored after the batch"
+    plain = Seeded(Draws(), seed=7, random=False)  # a dataset that draws nothing: no seeding
+    torch.manual_seed(0)
+    expected = [float(torch.rand(())) for _ in keys]
+    torch.manual_seed(0)
+    assert plain.__getitems__(keys) == expected != batch

@@ -344,3 +344,19 @@ def test_without_torchvision_the_cli_says_what_to_install(
     assert "dataset 'imagefolder' needs torchvision, which is not installed" in err
     assert "compressor[vision]" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+@needs_torchvision
+def test_only_random_transforms_make_the_loop_seed_each_sample(
+    plugins: Plugins, folder: Path
+) -> None:
+    """The preset (random crop, flip) draws random numbers; resize + normalize draws none,
+    so the loop reads it without per-sample seeding (Data.random)."""
+    augmented = dataset(plugins, f"{{name: imagefolder, root: '{folder}', image_size: 32}}")
+    assert augmented.build().random is True
+    fixed = dataset(
+        plugins,
+        f"{{name: imagefolder, root: '{folder}', image_size: 32, "
+        "train_transforms: [resize, center_crop, {normalize: imagenet}]}",
+    )
+    assert fixed.build().random is False
