@@ -1,8 +1,17 @@
-"""Config pieces shared by the data-aware sparsity operators: the ``nm: [N, M]`` pattern."""
+"""What the data-aware sparsity operators share: the ``nm: [N, M]`` pattern, its config
+checks, and the operator behaviour that follows from it (:class:`PatternPruner`)."""
 
 from __future__ import annotations
 
-__all__ = ["check_nm", "check_scope", "nm_label"]
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compressor.plugin_api import CompressionContext, Target
+from compressor_plugins.posttrain.calibration import DataAwareOperator
+
+__all__ = ["PatternPruner", "check_nm", "check_scope", "nm_label"]
 
 
 def check_nm(value: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -24,3 +33,37 @@ def check_scope(nm: tuple[int, int] | None, scope: str) -> None:
     """An N:M pattern fixes every layer's sparsity: a global allocation cannot apply."""
     if nm is not None and scope == "global":
         raise ValueError("scope: global allocates unstructured sparsity; drop it for nm")
+
+
+class PatternPruner(DataAwareOperator):
+    """A data-aware pruner configured by ``nm`` (None: unstructured) and ``scope``: Wanda and
+    SparseGPT. An N:M pattern fixes the sparsity, names the operator, and skips layers whose
+    input width is not a multiple of M (with a warning)."""
+
+    NAME: ClassVar[str]
+
+    def bind(
+        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
+    ) -> None:
+        super().bind(model, targets, context)
+        if self.config.nm is not None:
+            self.warn_skipped(targets, self.config.nm[1], nm_label(self.config.nm))
+
+    def fixed_sparsity(self) -> float | None:
+        nm = self.config.nm
+        return None if nm is None else 1.0 - nm[0] / nm[1]
+
+    def label(self, sparsity: float | None) -> str:
+        if self.config.nm is not None:
+            return f"{self.NAME} {nm_label(self.config.nm)}"
+        scope = " global" if self.config.scope == "global" else ""
+        return f"{self.NAME}{scope} {self.target(sparsity):g}"
+
+    def compressed(
+        self, weights: dict[str, torch.Tensor], sparsity: float
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's (new weight, mask) at ``sparsity``, which an N:M pattern fixes."""
+        fixed = self.fixed_sparsity()
+        if fixed is not None and abs(sparsity - fixed) > 1e-9:
+            raise ValueError(f"{self.label(None)} has sparsity {fixed:g}, not {sparsity:g}")
+        return self.compress(weights, sparsity)

@@ -31,16 +31,14 @@ from typing import Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
-from torch import nn
 
-from compressor.plugin_api import CompressionContext, OperatorConfig, Target, hookimpl
+from compressor.plugin_api import OperatorConfig, Target, hookimpl
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
-    DataAwareOperator,
     LayerStatistics,
 )
 from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
-from compressor_plugins.posttrain.patterns import check_nm, check_scope, nm_label
+from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
 from compressor_plugins.posttrain.wanda import group_keep
 from compressor_plugins.prune.magnitude import keep_count, topk_mask
 
@@ -114,7 +112,7 @@ def sparsegpt_layer(
     return w, rule.keep
 
 
-class SparseGPT(DataAwareOperator):
+class SparseGPT(PatternPruner):
     """``{kind: sparsegpt}`` (unstructured) or ``{kind: sparsegpt, nm: [2, 4]}``."""
 
     class Config(OperatorConfig):
@@ -148,22 +146,7 @@ class SparseGPT(DataAwareOperator):
 
     STATISTIC = "hessian"
 
-    def bind(
-        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
-    ) -> None:
-        super().bind(model, targets, context)
-        if self.config.nm is not None:
-            self.warn_skipped(targets, self.config.nm[1], nm_label(self.config.nm))
-
-    def fixed_sparsity(self) -> float | None:
-        nm = self.config.nm
-        return None if nm is None else 1.0 - nm[0] / nm[1]
-
-    def label(self, sparsity: float | None) -> str:
-        if self.config.nm is not None:
-            return f"sparsegpt {nm_label(self.config.nm)}"
-        scope = " global" if self.config.scope == "global" else ""
-        return f"sparsegpt{scope} {self.target(sparsity):g}"
+    NAME = "sparsegpt"
 
     def compute_project(
         self,
@@ -171,10 +154,7 @@ class SparseGPT(DataAwareOperator):
         sparsity: float,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        fixed = self.fixed_sparsity()
-        if fixed is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(f"{self.label(None)} has sparsity {fixed:g}, not {sparsity:g}")
-        return {name: value for name, (value, _) in self.compress(weights, sparsity).items()}
+        return {name: value for name, (value, _) in self.compressed(weights, sparsity).items()}
 
     def compress_layer(
         self, target: Target, weight: torch.Tensor, stats: LayerStatistics, sparsity: float

@@ -22,20 +22,17 @@ from typing import Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
-from torch import nn
 
 from compressor.plugin_api import (
-    CompressionContext,
     OperatorConfig,
     Target,
     hookimpl,
 )
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
-    DataAwareOperator,
     LayerStatistics,
 )
-from compressor_plugins.posttrain.patterns import check_nm, check_scope, nm_label
+from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
 from compressor_plugins.prune.magnitude import keep_count
 
 __all__ = ["Wanda", "group_keep", "row_keep"]
@@ -57,7 +54,7 @@ def group_keep(scores: torch.Tensor, keep: int, group: int) -> torch.Tensor:
     return row_keep(grouped, keep).reshape(rows, cols)
 
 
-class Wanda(DataAwareOperator):
+class Wanda(PatternPruner):
     """``{kind: wanda}`` (unstructured, per output row) or ``{kind: wanda, nm: [2, 4]}``."""
 
     class Config(OperatorConfig):
@@ -84,22 +81,7 @@ class Wanda(DataAwareOperator):
 
     STATISTIC = "norms"
 
-    def bind(
-        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
-    ) -> None:
-        super().bind(model, targets, context)
-        if self.config.nm is not None:
-            self.warn_skipped(targets, self.config.nm[1], nm_label(self.config.nm))
-
-    def fixed_sparsity(self) -> float | None:
-        nm = self.config.nm
-        return None if nm is None else 1.0 - nm[0] / nm[1]
-
-    def label(self, sparsity: float | None) -> str:
-        if self.config.nm is not None:
-            return f"wanda {nm_label(self.config.nm)}"
-        scope = " global" if self.config.scope == "global" else ""
-        return f"wanda{scope} {self.target(sparsity):g}"
+    NAME = "wanda"
 
     def compute_masks(
         self,
@@ -107,10 +89,7 @@ class Wanda(DataAwareOperator):
         sparsity: float,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        fixed = self.fixed_sparsity()
-        if fixed is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(f"{self.label(None)} has sparsity {fixed:g}, not {sparsity:g}")
-        return {name: mask for name, (_, mask) in self.compress(weights, sparsity).items()}
+        return {name: mask for name, (_, mask) in self.compressed(weights, sparsity).items()}
 
     def compress_layer(
         self, target: Target, weight: torch.Tensor, stats: LayerStatistics, sparsity: float
