@@ -117,6 +117,12 @@ def quant_label(prefix: str, bits: int, group_size: int | None) -> str:
     return f"{prefix} int{bits}" + (f" g{group_size}" if group_size else "")
 
 
+def check_no_sparsity(sparsity: float) -> None:
+    """Quantizers are asked for sparsity 0 only (their fixed sparsity)."""
+    if sparsity != 0.0:
+        raise ValueError(f"quantization prunes nothing: sparsity must be 0, not {sparsity:g}")
+
+
 class Quant(Operator):
     """``{kind: quant, bits: 4, group_size: 128}``: RTN onto the k-bit grid (no data)."""
 
@@ -137,8 +143,7 @@ class Quant(Operator):
         sparsity: float,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity != 0.0:
-            raise ValueError(f"quantization prunes nothing: sparsity must be 0, not {sparsity:g}")
+        check_no_sparsity(sparsity)
         out = {}
         for name, stored in weights.items():
             oriented = self.out_in(name, stored.detach())
@@ -227,8 +232,7 @@ class GPTQ(DataAwareOperator):
         sparsity: float,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
-        if sparsity != 0.0:
-            raise ValueError(f"quantization prunes nothing: sparsity must be 0, not {sparsity:g}")
+        check_no_sparsity(sparsity)
         return {name: value for name, (value, _) in self.compress(weights, sparsity).items()}
 
     def compress_layer(
