@@ -1,15 +1,17 @@
 """`compressor compare --jobs 2` against a serial study (BENCHMARKS.md P).
 
-    python -m bench.parallel                   # the embedded default study, serial then --jobs 2
-    python -m bench.parallel --smoke           # a 2-recipe, 1-epoch version (seconds)
+    python -m bench.parallel                        # the default study, serial then --jobs 2
+    python -m bench.parallel --serial-threads 1 2   # two serial baselines, then --jobs 2
+    python -m bench.parallel --smoke                # a 2-recipe, 1-epoch version (seconds)
 
-Runs the same study twice through the real CLI, each into a fresh folder, one after the other
+Runs the same study through the real CLI, each time into a fresh folder, one after the other
 on the same machine: serially as a user runs it (``compressor compare STUDY``: one process,
-torch's default threads) and with ``--jobs 2`` (two worker processes, one thread each). Reports
-both wall times and their ratio, and whether the two stores hold the same runs and the same
-results. Timing metrics (train time, latency, speed-ups) differ between any two runs and are
-left out of that comparison; the rest may differ in the last bits where the serial run uses
-more than one thread (a different summation order), so the largest difference is reported.
+torch's default threads, or each ``--serial-threads`` value in turn) and with ``--jobs 2`` (two
+worker processes, one thread each). Reports the wall times and the ratio serial / parallel for
+each baseline, and whether the stores hold the same runs and the same results. Timing metrics
+(train time, latency, speed-ups) differ between any two runs and are left out of that
+comparison; the rest may differ in the last bits where the serial run uses more than one
+thread (a different summation order), so the largest difference is reported.
 """
 
 from __future__ import annotations
@@ -73,44 +75,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny and fast (CI)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
-        "--serial-threads", type=int, default=None, help="torch threads of the serial run"
+        "--serial-threads",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="torch threads of the serial run; several values: one serial run each",
     )
     args = parser.parse_args(argv)
     sets = SMOKE_SET if args.smoke else []
     with tempfile.TemporaryDirectory(prefix="compressor-parallel-") as tmp:
-        serial_out, parallel_out = Path(tmp) / "serial", Path(tmp) / "parallel"
-        serial = compare(serial_out, [], sets, args.serial_threads)
+        serial: dict[int | None, float] = {}
+        stores = {}
+        for threads in args.serial_threads:
+            out = Path(tmp) / f"serial-{threads or 'default'}"
+            serial[threads] = compare(out, [], sets, threads)
+            stores[threads] = stored(out)
+        parallel_out = Path(tmp) / "parallel"
         parallel = compare(parallel_out, ["--jobs", str(args.jobs)], sets, None)
-        serial_runs, serial_values = stored(serial_out)
         parallel_runs, parallel_values = stored(parallel_out)
-    same_runs = serial_runs == parallel_runs and set(serial_runs.values()) == {"done"}
-    same_metrics = serial_values.keys() == parallel_values.keys()
-    largest = max(
-        (abs(serial_values[k] - parallel_values[k]) for k in serial_values if k in parallel_values),
-        default=0.0,
-    )
+    baselines = []
+    for threads, wall in serial.items():
+        serial_runs, serial_values = stores[threads]
+        same_runs = serial_runs == parallel_runs and set(serial_runs.values()) == {"done"}
+        same_metrics = serial_values.keys() == parallel_values.keys()
+        largest = max(
+            (
+                abs(value - parallel_values[k])
+                for k, value in serial_values.items()
+                if k in parallel_values
+            ),
+            default=0.0,
+        )
+        baselines.append(
+            {
+                "serial_threads": threads or "torch default",
+                "serial_wall_s": wall,
+                "speedup": wall / parallel,
+                "runs": len(serial_runs),
+                "same_runs": same_runs,
+                "same_metric_names": same_metrics,
+                "largest_metric_difference": largest,
+            }
+        )
+        print(
+            f"serial ({threads or 'default'} threads) {wall:.1f} s, --jobs {args.jobs} "
+            f"{parallel:.1f} s: {wall / parallel:.2f}x; {len(serial_runs)} runs, same runs "
+            f"{same_runs}, same metrics {same_metrics}, largest difference {largest:.3g}"
+        )
     result: dict[str, Any] = {
         "benchmark": "parallel",
         "smoke": args.smoke,
         "study": str(STUDY.relative_to(ROOT)),
         "cpus": len(os.sched_getaffinity(0)),
         "jobs": args.jobs,
-        "serial_threads": args.serial_threads or "torch default",
-        "serial_wall_s": serial,
         "parallel_wall_s": parallel,
-        "speedup": serial / parallel,
-        "runs": len(serial_runs),
-        "same_runs": same_runs,
-        "same_metric_names": same_metrics,
-        "largest_metric_difference": largest,
+        "baselines": baselines,
     }
-    print(
-        f"serial {serial:.1f} s, --jobs {args.jobs} {parallel:.1f} s: {serial / parallel:.2f}x; "
-        f"{len(serial_runs)} runs, same runs {same_runs}, same metrics {same_metrics}, "
-        f"largest difference {largest:.3g}"
-    )
-    print(f"wrote {write_result('parallel-smoke' if args.smoke else 'parallel', result)}")
-    return 0 if same_runs and same_metrics else 1
+    name = "parallel-smoke" if args.smoke else "parallel"
+    print(f"wrote {write_result(name, result)}")
+    ok = all(b["same_runs"] and b["same_metric_names"] for b in baselines)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
