@@ -692,6 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny and fast (CI)")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per timed block (default 10 on the Q model, 1 on ResNet-20); 1 interleaves "
+        "the methods most finely, so each round's ratios see the same machine state",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["mnist1d_cnn", "resnet20"])
@@ -729,8 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     batch = 8 if smoke else 128
     settings = {
-        "mnist1d_cnn": dict(rounds=args.rounds or (2 if smoke else 60), steps=1 if smoke else 10),
-        "resnet20": dict(rounds=args.rounds or (2 if smoke else 30), steps=1),
+        "mnist1d_cnn": dict(
+            rounds=args.rounds or (2 if smoke else 60), steps=args.steps or (1 if smoke else 10)
+        ),
+        "resnet20": dict(rounds=args.rounds or (2 if smoke else 30), steps=args.steps or 1),
     }
     models = {
         "mnist1d_cnn": (lambda: MNIST1DCNN(40, 10, 8 if smoke else 64), (40,)),
@@ -760,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": smoke,
         "batch": batch,
         "threads": args.threads,
+        "settings": settings,
         "device": str(device),
         "torch": torch.__version__,
         "machine": platform.platform(),

@@ -47,14 +47,13 @@ class SAM(TwoPassWrapper):
     ) -> list[torch.Tensor]:
         """``e``: ``rho·g/||g||`` (ASAM: ``rho·w²·g/||w·g||``)."""
         rho = float(self.config.rho)
-        if self.config.adaptive:
-            scaled = torch._foreach_mul(grads, torch._foreach_abs(params))
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
-            e = list(torch._foreach_mul(scaled, torch._foreach_abs(params)))
-        else:
+        if not self.config.adaptive:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            e = [g.clone() for g in grads]
-        torch._foreach_mul_(e, rho / (norm + 1e-12))  # a tensor scale: no device sync
+            return list(torch._foreach_mul(grads, rho / (norm + 1e-12)))  # no device sync
+        scaled = torch._foreach_mul(grads, torch._foreach_abs(params))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
+        e = list(torch._foreach_mul(scaled, torch._foreach_abs(params)))
+        torch._foreach_mul_(e, rho / (norm + 1e-12))
         return e
 
 
