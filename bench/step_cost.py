@@ -75,10 +75,18 @@ Where the references differ from compressor (facts about the released code):
    runs ``SAM(..., adaptive=False)`` with rho 0.05 and mean cross-entropy, as compressor's
    ``sam`` does.
 
+``--optimizer-only`` times the same steps with the forward and backward passes replaced by
+fixed gradients (each parameter's gradient set to a copy of a fixed random tensor, for every
+method alike): what is left is each implementation's own work — perturbing, masking,
+restoring, combining, the base step. The passes themselves run the same torch kernels in
+every implementation (the equivalence check above shows the same arithmetic), so this is
+where the implementations can differ, measured without the passes' noise.
+
 Full run (MNIST-1D CNN and ResNet-20, batch 128, one thread) and smoke run (seconds: tiny
 batch, few rounds; CI), from the repository root:
 
     python -m bench.step_cost --sam-repo SAM_DIR --cram-repo CRAM_DIR
+    python -m bench.step_cost --optimizer-only --rounds 200 --steps 10 --sam-repo ... --cram-repo ...
     python -m bench.step_cost --smoke [--sam-repo SAM_DIR --cram-repo CRAM_DIR]
 """
 
@@ -324,10 +332,33 @@ def load_reference(key: str, directory: Path) -> Reference:
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Grads = dict[str, torch.Tensor]
+
+
+def forward_backward(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss, fixed: Grads | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and backward pass; returns (loss, output). With ``fixed`` gradients
+    (``--optimizer-only``) no pass runs: each parameter's gradient is set to a copy of its fixed
+    one, so a step's remaining cost is the optimizer's own work (perturbing, masking,
+    restoring, combining and the base step) plus these copies, alike for every method."""
+    if fixed is None:
+        out = model(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        return loss, out
+    for name, param in model.named_parameters():
+        param.grad = fixed[name].clone()
+    return torch.zeros((), device=x.device), torch.zeros(y.numel(), 10, device=x.device)
 
 
 def sam_reference_stepper(
-    ref: Reference, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
+    ref: Reference,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Loss,
+    fixed: Grads | None = None,
 ) -> Callable[[], None]:
     """davda54/sam's ``SAM`` and BN helpers, driven as ``example/train.py``'s batch loop."""
     sam, bypass_bn = ref.modules["sam"], ref.modules["bypass_bn"]
@@ -335,14 +366,17 @@ def sam_reference_stepper(
         model.parameters(), torch.optim.SGD, rho=SAM_RHO, adaptive=False, **SGD_SETTINGS
     )
 
+    def per_sample_mean(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss_fn(out, target).mean()  # the example's loss is per sample: `.mean()`
+
     def step() -> None:
-        # pass 1 at w, BN statistics updated (the example's loss is per sample: `.mean()`)
+        # pass 1 at w, BN statistics updated
         bypass_bn.enable_running_stats(model)
-        loss_fn(model(x), y).mean().backward()
+        forward_backward(model, x, y, per_sample_mean, fixed)
         optimizer.first_step(zero_grad=True)
         # pass 2 at w + e(w), BN momentum 0
         bypass_bn.disable_running_stats(model)
-        loss_fn(model(x), y).mean().backward()
+        forward_backward(model, x, y, per_sample_mean, fixed)
         optimizer.second_step(zero_grad=True)
 
     step.optimizer = optimizer  # type: ignore[attr-defined]
@@ -356,6 +390,7 @@ def cram_reference_stepper(
     y: torch.Tensor,
     loss_fn: Loss,
     sparsities: list[float],
+    fixed: Grads | None = None,
 ) -> Callable[[], None]:
     """IST-DASLab/CrAM's ``TopkCrAM`` (CrAM+ Multi) and BN helpers, driven as
     ``Manager.optimize_minibatch`` (use_sam branch) is, per-step bookkeeping included."""
@@ -375,14 +410,10 @@ def cram_reference_stepper(
 
     def step() -> tuple[float, float]:
         optimizer.zero_grad()
-        out = model(x)  # pass 1 at w, BN statistics updated
-        loss = loss_fn(out, y)
-        loss.backward()
+        loss, out = forward_backward(model, x, y, loss_fn, fixed)  # pass 1 at w, BN updated
 
         def pass_2() -> torch.Tensor:  # the closure TopkCrAM.step runs between its two steps
-            loss_2 = loss_fn(model(x), y)
-            loss_2.backward()
-            return loss_2
+            return forward_backward(model, x, y, loss_fn, fixed)[0]
 
         bypass_bn.disable_running_stats(model)  # BN momentum 0 (BatchNorm2d only) for pass 2
         optimizer.step(pass_2)
@@ -402,12 +433,13 @@ def make_reference(
     x: torch.Tensor,
     y: torch.Tensor,
     sparsities: list[float] | None = None,
+    fixed: Grads | None = None,
 ) -> Callable[[], None]:
     if name == "sam-ref":
-        return sam_reference_stepper(refs["sam"], model, x, y, F.cross_entropy)
+        return sam_reference_stepper(refs["sam"], model, x, y, F.cross_entropy, fixed)
     if name == "cram+-ref":
         return cram_reference_stepper(
-            refs["cram"], model, x, y, F.cross_entropy, sparsities or CRAM_SPARSITIES
+            refs["cram"], model, x, y, F.cross_entropy, sparsities or CRAM_SPARSITIES, fixed
         )
     raise ValueError(name)
 
@@ -477,7 +509,11 @@ def resnet20() -> nn.Module:
 
 
 def make_stepper(
-    model: nn.Module, wrapper: str | None, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    wrapper: str | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fixed: Grads | None = None,
 ) -> Callable[[], None]:
     text = f"name: bench\nmodel: {{name: mlp}}\ndata: {{name: synthetic}}\noptimizer: {OPTIMIZER}\n"
     if wrapper is not None:
@@ -487,9 +523,7 @@ def make_stepper(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
+        return forward_backward(model, x, y, F.cross_entropy, fixed)[0]
 
     def step() -> None:
         loss = optimizer.step(closure)
@@ -620,6 +654,7 @@ def bench_model(
     steps: int,
     warmup: int,
     device: torch.device,
+    optimizer_only: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     np.random.seed(0)  # the CrAM release draws its sparsity from NumPy's global generator
@@ -627,9 +662,14 @@ def bench_model(
     x = torch.randn(batch, *input_shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     equivalence = check_equivalence(refs, base, x, y) if refs else None
-    steppers = {m: make_stepper(copy.deepcopy(base), w, x, y) for m, w in METHODS.items()}
+    fixed = (
+        {name: 1e-3 * torch.randn_like(p) for name, p in base.named_parameters()}
+        if optimizer_only
+        else None
+    )
+    steppers = {m: make_stepper(copy.deepcopy(base), w, x, y, fixed) for m, w in METHODS.items()}
     for name in reference_names(refs):
-        steppers[name] = make_reference(refs, name, copy.deepcopy(base), x, y)
+        steppers[name] = make_reference(refs, name, copy.deepcopy(base), x, y, fixed=fixed)
     names = list(steppers)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for step in steppers.values():
@@ -649,6 +689,7 @@ def bench_model(
             cpu[method].append((time.process_time() - start_cpu) / steps)
     out: dict[str, Any] = {
         "model": label,
+        "optimizer_only": optimizer_only,
         "params": sum(p.numel() for p in base.parameters()),
         "mask_s": mask_cost(copy.deepcopy(base).cpu(), 5) if device.type == "cpu" else None,
     }
@@ -703,6 +744,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["mnist1d_cnn", "resnet20"])
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--optimizer-only",
+        action="store_true",
+        help="time the steps with fixed gradients instead of forward/backward passes: the "
+        "optimizers' own work, which is where the implementations differ",
+    )
     for source in SOURCES.values():
         parser.add_argument(
             source.option,
@@ -760,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps=int(cfg["steps"]),
                 warmup=1 if smoke else 3,
                 device=device,
+                optimizer_only=args.optimizer_only,
             )
         )
     print_table(rows, refs, smoke)
@@ -769,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": smoke,
         "batch": batch,
         "threads": args.threads,
+        "optimizer_only": args.optimizer_only,
         "settings": settings,
         "device": str(device),
         "torch": torch.__version__,
@@ -797,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         "equivalence_passed": passed,
         "results": rows,
     }
-    output = args.output or RESULTS / ("step_cost-smoke.json" if smoke else "step_cost.json")
+    stem = "step_cost-optimizer" if args.optimizer_only else "step_cost"
+    output = args.output or RESULTS / (f"{stem}-smoke.json" if smoke else f"{stem}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {output}")

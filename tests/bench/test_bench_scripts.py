@@ -220,3 +220,32 @@ def test_parallel_smoke_stores_the_same_runs_as_serial() -> None:
     [baseline] = data["baselines"]
     assert baseline["same_runs"] is True and baseline["same_metric_names"] is True
     assert baseline["runs"] == 8 and baseline["serial_wall_s"] > 0 and data["parallel_wall_s"] > 0
+
+
+def test_step_cost_optimizer_only_feeds_the_fixed_gradients() -> None:
+    """--optimizer-only replaces both passes by fixed gradients: one SAM step is then exactly
+    one base SGD step with those gradients (pass 2 sees the same ones), and the smoke run
+    labels its rows."""
+    import copy
+
+    import torch
+
+    from bench import step_cost
+
+    torch.manual_seed(0)
+    model = step_cost.MNIST1DCNN(40, 10, 8)
+    fixed = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    x, y = torch.randn(4, 40), torch.randint(0, 10, (4,))
+    stepped, expected = copy.deepcopy(model), copy.deepcopy(model)
+    step_cost.make_stepper(stepped, step_cost.METHODS["sam"], x, y, fixed)()
+    sgd = torch.optim.SGD(expected.parameters(), **step_cost.SGD_SETTINGS)
+    for name, p in expected.named_parameters():
+        p.grad = fixed[name].clone()
+    sgd.step()
+    for (name, a), b in zip(stepped.named_parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    data = run_smoke("step_cost", "--optimizer-only", env=env_without_references())
+    assert "one global magnitude mask" in data
+    result = json.loads((ROOT / "bench" / "results" / "step_cost-optimizer-smoke.json").read_text())
+    assert result["optimizer_only"] is True
+    assert all(row["optimizer_only"] for row in result["results"])
