@@ -33,7 +33,6 @@ were not interleaved).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/amortised.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, write_result  # noqa: E402
+from bench.common import RESULTS, machine, study_parser, write_result  # noqa: E402
 from bench.robustness import (  # noqa: E402
     LEVELS,
     PATTERNS,
@@ -179,15 +178,7 @@ def acceptance(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="study folder (results.sqlite)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--report-only", action="store_true", help="only read the store")
-    parser.add_argument("--smoke", action="store_true", help="tiny data/model, seeds 0-1")
-    parser.add_argument("--json", type=Path, default=None, help="result file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
+    parser = study_parser(__doc__.split("\n\n")[0], smoke="tiny data/model, seeds 0-1")
     args = parser.parse_args(argv)
 
     import torch

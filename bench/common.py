@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -33,3 +34,31 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def study_parser(
+    description: str, *, smoke: str, study: Path | None = None
+) -> argparse.ArgumentParser:
+    """The options every study-driving bench script shares (robustness, q_post, amortised):
+    where the store is, overrides, report-only, smoke size, the JSON file, progress, workers and
+    threads; with ``study``, also ``--study`` (default ``study``) and ``--seeds``."""
+    parser = argparse.ArgumentParser(description=description)
+    if study is not None:
+        parser.add_argument("--study", type=Path, default=study)
+    parser.add_argument("--out", type=Path, default=None, help="study folder (results.sqlite)")
+    if study is not None:
+        parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--report-only", action="store_true", help="only read the store")
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument("--json", type=Path, default=None, help="result file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared 2-core machine two threads per "
+        "process ran 2-5x slower than one)",
+    )
+    return parser

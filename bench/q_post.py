@@ -24,7 +24,6 @@ Writes ``bench/results/q_post.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/q_post.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, write_result  # noqa: E402
+from bench.common import RESULTS, machine, study_parser, write_result  # noqa: E402
 from bench.robustness import cell, collect, column, load, run, stats, value  # noqa: E402
 
 STUDY = ROOT / "bench" / "studies" / "q-post.yaml"
@@ -179,17 +178,9 @@ def answer(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", type=Path, default=STUDY)
-    parser.add_argument("--out", type=Path, default=None, help="study folder (results.sqlite)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--report-only", action="store_true", help="only read the store")
-    parser.add_argument("--smoke", action="store_true", help="tiny data/model, seed 0 (seconds)")
-    parser.add_argument("--json", type=Path, default=None, help="result file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--jobs", type=int, default=1, help="trials at once (worker processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser = study_parser(
+        __doc__.split("\n\n")[0], smoke="tiny data/model, seed 0 (seconds)", study=STUDY
+    )
     args = parser.parse_args(argv)
 
     import torch
