@@ -28,8 +28,10 @@ out="${OUT:-bench/results/gpu}"
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 python="${PYTHON:-python3}"  # PYTHON: another interpreter (the test suite passes its own)
-if [ -d "$wheels" ]; then
-  # the machine's own torch (CUDA) and packages, plus ours from the carried wheels
+if [ -d "$wheels" ] && ! "$python" -c 'import compressor_plugins' 2>/dev/null; then
+  # the machine's own torch (CUDA) and packages, plus ours from the carried wheels (only where
+  # compressor is not installed yet — compressor_plugins imports only from an install; the
+  # wheels are for the GPU machine's Python 3.12)
   "$python" -m venv --system-site-packages /tmp/compressor-gpu-venv
   python=/tmp/compressor-gpu-venv/bin/python
   "$python" -m pip install -q --no-index --find-links "$wheels" --no-build-isolation -e . \
