@@ -215,11 +215,16 @@ def test_amortised_study_smoke(tmp_path: Path) -> None:
 
 def test_parallel_smoke_stores_the_same_runs_as_serial() -> None:
     """bench/parallel.py at smoke size: both stores hold the same runs and metric names."""
-    run_smoke("parallel")
+    run_smoke("parallel", "--serial-threads", "1", "2")
     data = json.loads((ROOT / "bench" / "results" / "parallel-smoke.json").read_text())
-    [baseline] = data["baselines"]
-    assert baseline["same_runs"] is True and baseline["same_metric_names"] is True
-    assert baseline["runs"] == 8 and baseline["serial_wall_s"] > 0 and data["parallel_wall_s"] > 0
+    one, two = data["baselines"]
+    assert (one["serial_threads"], two["serial_threads"]) == (1, 2)
+    for baseline in (one, two):
+        assert baseline["same_runs"] is True and baseline["same_metric_names"] is True
+        assert baseline["runs"] == 8 and baseline["serial_wall_s"] > 0
+        assert baseline["speedup"] == baseline["serial_wall_s"] / data["parallel_wall_s"]
+    # one thread per worker, as the one-thread serial study: the same results to the last bit
+    assert one["largest_metric_difference"] == 0
 
 
 def test_step_cost_optimizer_only_feeds_the_fixed_gradients() -> None:
