@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.contract.selection import select_targets
 from compressor.host.manager import load_plugins
+from compressor.kit.selection import select_targets
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.evaluate.latency import compare_latency
 from compressor_plugins.export.pruned import count_macs_params, export_pruned, serialized_bytes

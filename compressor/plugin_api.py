@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from compressor.contract.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
 from compressor.contract.config import (
     OperatorConfig,
     OperatorSpec,
@@ -37,31 +36,31 @@ from compressor.contract.data import (
 from compressor.contract.errors import CompressorError, ConfigError, Loc, PluginError
 from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
 from compressor.contract.exporter import Exporter
-from compressor.contract.files import (
-    atomic_save,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-)
 from compressor.contract.functional import dataset, model
 from compressor.contract.hookspecs import hookimpl
 from compressor.contract.launcher import Events, Job, Launcher, LauncherConfig, Outcome
 from compressor.contract.logger import PHASES, Logger, Phase, RunInfo, Status
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
-from compressor.contract.optim import DelegatingOptimizer, params_with_grad
+from compressor.contract.optim import DelegatingOptimizer
 from compressor.contract.optimizer import (
     OptimizerConfig,
     OptimizerFactory,
     OptimizerWrapper,
-    TwoPassConfig,
-    TwoPassWrapper,
 )
 from compressor.contract.schedule import Schedule
-from compressor.contract.selection import (
-    ModuleKind,
-    SelectionConfig,
-    Target,
+from compressor.contract.selection import ModuleKind, SelectionConfig, Target
+from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
+from compressor.contract.task import Task, call_model, logits_of, to_device
+from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
+from compressor.kit.files import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+)
+from compressor.kit.params import params_with_grad
+from compressor.kit.selection import (
     matches,
     out_in,
     select,
@@ -69,9 +68,8 @@ from compressor.contract.selection import (
     sparsity_stats,
     unwrap_model,
 )
-from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
-from compressor.contract.task import Task, call_model, logits_of, to_device
-from compressor.contract.threads import torch_threads
+from compressor.kit.threads import torch_threads
+from compressor.kit.two_pass import TwoPassConfig, TwoPassWrapper
 
 if TYPE_CHECKING:
     from pathlib import Path

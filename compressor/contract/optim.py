@@ -61,8 +61,3 @@ class DelegatingOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-
-
-def params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Every parameter of the optimizer's groups that has a gradient, in group order."""
-    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.contract.selection import unwrap_model
+from compressor.kit.selection import unwrap_model
 
 
 class MaskSet:

@@ -27,21 +27,17 @@ from torch import nn
 from compressor.contract.errors import ConfigError, Loc
 from compressor.contract.modifier import Modifier
 from compressor.contract.operator import Operator
-from compressor.contract.optim import DelegatingOptimizer, params_with_grad
+from compressor.contract.optim import DelegatingOptimizer
 from compressor.contract.optimizer import OptimizerWrapper
 from compressor.contract.schedule import Schedule
-from compressor.contract.selection import (
-    Target,
-    select,
-    select_targets,
-    sparsity_stats,
-    unwrap_model,
-)
+from compressor.contract.selection import Target
 from compressor.contract.steps import StepClock
 from compressor.contract.task import call_model
 from compressor.engine.masks import MaskSet
 from compressor.engine.precision import LossScaler, StepGuard
 from compressor.host.manager import Plugins, default_plugins
+from compressor.kit.params import params_with_grad
+from compressor.kit.selection import select, select_targets, sparsity_stats, unwrap_model
 from compressor.recipe.schema import Recipe
 
 

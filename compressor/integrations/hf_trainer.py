@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from compressor.contract.errors import CompressorError
-from compressor.contract.files import atomic_save, load_checkpoint
 from compressor.contract.optim import DelegatingOptimizer
 from compressor.engine.session import Session, SessionOptimizer
 from compressor.host.manager import Plugins
@@ -55,6 +54,7 @@ from compressor.integrations._common import (
     require,
     step_closure,
 )
+from compressor.kit.files import atomic_save, load_checkpoint
 from compressor.recipe.schema import Recipe
 
 for _package in ("transformers", "accelerate"):  # the Trainer runs on accelerate

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compressor.contract.errors import CompressorError
-from compressor.contract.files import load_checkpoint
 from compressor.contract.launcher import Outcome
-from compressor.contract.threads import torch_threads
 from compressor.host.manager import Plugins, default_plugins, load_plugins, use_plugins
+from compressor.kit.files import load_checkpoint
+from compressor.kit.threads import torch_threads
 from compressor.recipe.schema import validate_source
 from compressor.recipe.source import Source
 from compressor.train.loop import CHECKPOINT, resume_key, run

@@ -24,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 from compressor.contract.data import Data, DatasetBuilder, DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
 from compressor.contract.evaluation import Evaluation
-from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.contract.logger import RunInfo
 from compressor.contract.task import Task, to_device
 from compressor.engine.session import Session
 from compressor.host.manager import Plugins, default_plugins
+from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.recipe.schema import Recipe
 from compressor.train.batches import Batches, LoaderSettings, batches_per_epoch, sample_seed
 from compressor.train.context import RunContext

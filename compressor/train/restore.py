@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.contract.errors import CompressorError
-from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins, default_plugins
+from compressor.kit.files import load_checkpoint
 from compressor.recipe.schema import OUTCOME_NEUTRAL, validate_source
 from compressor.recipe.source import Source
 from compressor.train.context import RunContext

@@ -24,11 +24,11 @@ from transformers import (  # noqa: E402
 
 from compressor import Session  # noqa: E402
 from compressor.contract.errors import CompressorError, RecipeError  # noqa: E402
-from compressor.contract.files import load_checkpoint  # noqa: E402
 from compressor.integrations.hf_trainer import (  # noqa: E402
     CompressorCallback,
     CompressorTrainer,
 )
+from compressor.kit.files import load_checkpoint  # noqa: E402
 from tests.conftest import make_recipe  # noqa: E402
 from tests.support.bert import tiny_bert_config  # noqa: E402
 from tests.support.ranks import CountingAllReduce, run_forked  # noqa: E402

@@ -12,8 +12,8 @@ from torch import nn
 
 from compressor import Session
 from compressor.contract.errors import RecipeError
-from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins, load_plugins
+from compressor.kit.files import load_checkpoint
 from compressor.train.loop import prepare, run
 from tests.conftest import make_recipe
 from tests.support import ROOT

@@ -14,8 +14,8 @@ import torch
 from compressor.cli.main import main
 from compressor.contract import files
 from compressor.contract.errors import CompressorError
-from compressor.contract.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.host.manager import Plugins
+from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.study.runner import STORE
 from compressor.study.store import Store
 from compressor.train.loop import NonFiniteLoss, run

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compressor.contract.errors import CompressorError
-from compressor.contract.files import load_checkpoint as load
 from compressor.host.manager import Plugins
+from compressor.kit.files import load_checkpoint as load
 from compressor.train.loop import run
 from tests.conftest import TINY_RECIPE, make_recipe
 

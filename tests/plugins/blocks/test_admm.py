@@ -18,9 +18,9 @@ os.environ.setdefault("COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD", "1")
 torch.set_num_threads(1)
 
 from compressor import Session  # noqa: E402
-from compressor.contract.files import atomic_save  # noqa: E402
-from compressor.contract.files import load_checkpoint as load  # noqa: E402
 from compressor.host.manager import Plugins, load_plugins  # noqa: E402
+from compressor.kit.files import atomic_save  # noqa: E402
+from compressor.kit.files import load_checkpoint as load  # noqa: E402
 from compressor.recipe.overrides import apply_overrides  # noqa: E402
 from compressor.recipe.schema import Recipe, recipe_from_text  # noqa: E402
 from compressor_plugins.blocks.unify import PRUNED, UNIFIED  # noqa: E402

@@ -12,8 +12,8 @@ from torch import nn
 
 from compressor import Session
 from compressor.contract.errors import CompressorError, ConfigError
-from compressor.contract.selection import select_targets
 from compressor.host.manager import Plugins
+from compressor.kit.selection import select_targets
 from compressor_plugins.channel.groups import example_input
 from compressor_plugins.channel.operator import Channel, keep_channels
 from compressor_plugins.export.pruned import export_pruned

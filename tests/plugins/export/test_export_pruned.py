@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.contract.selection import select_targets
 from compressor.host.manager import Plugins
+from compressor.kit.selection import select_targets
 from compressor.train.loop import prepare
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.export import pruned as pruned_export

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from compressor import Session
-from compressor.contract.bn import batchnorm_layers, freeze_bn_stats
 from compressor.contract.errors import RecipeError
-from compressor.contract.files import atomic_save, load_checkpoint
-from compressor.contract.optim import params_with_grad
 from compressor.host.manager import Plugins
+from compressor.kit.bn import batchnorm_layers, freeze_bn_stats
+from compressor.kit.files import atomic_save, load_checkpoint
+from compressor.kit.params import params_with_grad
 from compressor.train.loop import run
 from tests.conftest import TINY_RECIPE
 from tests.conftest import make_recipe as make_run_recipe

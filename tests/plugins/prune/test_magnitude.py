@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.contract.selection import select_targets
 from compressor.host.manager import Plugins
+from compressor.kit.selection import select_targets
 
 
 def operator(plugins: Plugins, model: nn.Module, **config: object):  # type: ignore[no-untyped-def]
-    from compressor.contract.selection import select
+    from compressor.kit.selection import select
 
     entry = plugins.registries.operators.get("magnitude")
     cfg = entry.config.model_validate({"kind": "magnitude", **config})

@@ -18,8 +18,8 @@ import torch
 from compressor.cli.main import main
 from compressor.contract.data import Data
 from compressor.contract.errors import CompressorError, RecipeError
-from compressor.contract.files import load_checkpoint
 from compressor.host.manager import Plugins
+from compressor.kit.files import load_checkpoint
 from compressor.train.batches import Seeded
 from compressor.train.loop import run
 from tests.conftest import make_recipe

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.contract.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
+from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
 
 torch.set_num_threads(1)
 
