@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compressor.cli.main import main
-from compressor.contract import files
+from compressor.kit import files
 from compressor.contract.errors import CompressorError
 from compressor.host.manager import Plugins
 from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
