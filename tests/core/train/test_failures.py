@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from compressor.cli.main import main
-from compressor.kit import files
 from compressor.contract.errors import CompressorError
 from compressor.host.manager import Plugins
+from compressor.kit import files
 from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.study.runner import STORE
 from compressor.study.store import Store
