@@ -66,11 +66,11 @@ SMOKE_SET = [
 def load(study_path: Path, out: Path, seeds: list[int] | None, overrides: list[str]) -> Any:
     """The study, with ``init_from`` paths pointed at ``out`` when it is not the default."""
     from compressor.contract.errors import RecipeError
-    from compressor.host.manager import default_plugins
+    from compressor.host.manager import load_plugins
     from compressor.recipe.source import read_yaml
     from compressor.study.spec import StudyConfig, build_study
 
-    plugins = default_plugins()
+    plugins = load_plugins()
     source = read_yaml(study_path)
     data = source.data
     relative = os.path.relpath(out, ROOT)

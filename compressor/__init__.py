@@ -1,6 +1,7 @@
 """compressor: a plugin-based framework for compressing PyTorch models.
 
-For your own training loop: :class:`Session` and :func:`load_recipe`. For plugin authors:
+For your own training loop: :class:`Session` and :func:`load_recipe`; :func:`load_host` for
+the plugin host that plugin functions needing the registries take. For plugin authors:
 :mod:`compressor.plugin_api`, the one module a plugin imports from. The sub-packages are the
 engine's layers, lowest first — ``contract`` (what plugins build on), ``host`` (plugin
 manager, registries), ``recipe`` (schema, YAML positions), ``engine`` (Session, masks),
@@ -20,8 +21,9 @@ from compressor.contract.hookspecs import hookimpl
 if TYPE_CHECKING:
     from compressor.engine.session import Session
     from compressor.recipe.schema import load_recipe
+    from compressor.train.host import load_host
 
-__all__ = ["Session", "__version__", "hookimpl", "load_recipe"]
+__all__ = ["Session", "__version__", "hookimpl", "load_host", "load_recipe"]
 
 _compat.install()
 
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the
         from compressor.recipe.schema import load_recipe
 
         return load_recipe
+    if name == "load_host":
+        from compressor.train.host import load_host
+
+        return load_host
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")

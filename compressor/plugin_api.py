@@ -11,11 +11,6 @@ Everything else under ``compressor`` is internal and may change between releases
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ValidationError
-from torch import nn
-
 from compressor.contract.config import (
     OperatorConfig,
     OperatorSpec,
@@ -38,6 +33,7 @@ from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation
 from compressor.contract.exporter import Exporter
 from compressor.contract.functional import dataset, model
 from compressor.contract.hookspecs import hookimpl
+from compressor.contract.host import Host
 from compressor.contract.launcher import Events, Job, Launcher, LauncherConfig, Outcome
 from compressor.contract.logger import PHASES, Logger, Phase, RunInfo, Status
 from compressor.contract.modifier import Modifier
@@ -71,9 +67,6 @@ from compressor.kit.selection import (
 from compressor.kit.threads import torch_threads
 from compressor.kit.two_pass import TwoPassConfig, TwoPassWrapper
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 __all__ = [
     "Column",
     "CompressionContext",
@@ -92,6 +85,7 @@ __all__ = [
     "Evaluator",
     "Events",
     "Exporter",
+    "Host",
     "Job",
     "Launcher",
     "LauncherConfig",
@@ -130,7 +124,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "batchnorm_layers",
-    "build_model",
     "call_model",
     "dataset",
     "epochs_of",
@@ -143,7 +136,6 @@ __all__ = [
     "out_in",
     "params_with_grad",
     "recalibrate_bn",
-    "restore_run",
     "same_unit_order",
     "select",
     "select_targets",
@@ -151,39 +143,4 @@ __all__ = [
     "to_device",
     "torch_threads",
     "unwrap_model",
-    "validate_config",
 ]
-
-
-def validate_config(config: type[BaseModel], data: Any, *, what: str = "options") -> Any:
-    """Validate ``data`` against a plugin's ``Config`` outside a recipe (e.g. CLI options),
-    with ``*Spec`` fields bound to every registered type; a clean CompressorError if wrong."""
-    from compressor.host.manager import default_plugins
-    from compressor.recipe.schema import resolved_config
-
-    schema = resolved_config(default_plugins().registries, config)
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CompressorError(f"bad {what}: {problems}") from None
-
-
-def build_model(spec: dict[str, Any], info: DataInfo) -> nn.Module:
-    """Build a registered model from its recipe spec (``{"name": ..., ...}``) for ``info``."""
-    from compressor.host.manager import default_plugins
-
-    registry = default_plugins().registries.models
-    try:
-        entry = registry.get(str(spec.get("name")))
-    except KeyError as exc:
-        raise CompressorError(str(exc.args[0])) from None
-    return entry.cls(validate_config(entry.config, spec, what="model spec")).build(info)  # type: ignore[no-any-return]
-
-
-def restore_run(run_dir: str | Path) -> EvaluationContext:
-    """A finished run, rebuilt from its folder (recipe, weights, masks, data) for CLI commands
-    that evaluate or export it; its ``model`` holds the trained weights."""
-    from compressor.train.restore import restore_run as restore
-
-    return restore(run_dir)

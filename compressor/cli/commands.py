@@ -1,7 +1,7 @@
 """The built-in sub-commands, registered exactly as a plugin registers its own.
 
-Each command is ``func(args) -> exit code`` and finds the loaded plugins through
-:func:`~compressor.host.manager.default_plugins` (the CLI makes its set the default).
+Each command is ``func(args) -> exit code``; the CLI hands it the plugins it loaded as
+``args.plugins`` (and, as plugin commands see them, as ``args.host``): there is no global set.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from rich.table import Table
 
 from compressor.contract.errors import CompressorError, RecipeError
 from compressor.contract.evaluation import Evaluation
-from compressor.host.manager import default_plugins
+from compressor.host.manager import Plugins
+from compressor.host.registry import Registries
 from compressor.recipe.overrides import OverrideError, apply_overrides, override_locs
 from compressor.recipe.schema import Recipe, build_recipe_model, validate_source
 from compressor.recipe.source import read_yaml
@@ -26,7 +27,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def read_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
+def read_recipe(path: str, registries: Registries, overrides: Sequence[str] = ()) -> Recipe:
     """Load and validate a recipe file, applying ``key.path=value`` overrides first."""
     source = read_yaml(path)
     if overrides:
@@ -37,18 +38,18 @@ def read_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
             raise source.error(loc, f"bad --set {exc.item}: {exc.message}") from None
         for at, item in override_locs(list(overrides)):
             source.notes[at] = f"the value comes from --set {item}"
-    return validate_source(source, default_plugins().registries)
+    return validate_source(source, registries)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from compressor.train.loop import run
 
-    recipe = read_recipe(args.recipe, args.set)
+    recipe = read_recipe(args.recipe, args.plugins.registries, args.set)
     out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
     report = run(
         recipe,
         out_dir,
-        plugins=default_plugins(),
+        plugins=args.plugins,
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -97,20 +98,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from compressor.study.spec import is_study, load_study
     from compressor.train.loop import prepare
 
+    plugins: Plugins = args.plugins
     failed = False
     for path in args.recipes:
         try:
             if is_study(read_yaml(path).data):
-                study = load_study(path, default_plugins().registries, overrides=args.set)
+                study = load_study(path, plugins.registries, overrides=args.set)
                 for trial in study.trials:
-                    prepare(trial.recipe, default_plugins(), with_data=False).session.optimizer()
+                    prepare(trial.recipe, plugins, with_data=False).session.optimizer()
                 message = (
                     f"{path}: ok — study '{study.name}', {len(study.labels)} recipe(s) × "
                     f"{len(study.seeds)} seed(s) = {len(study.trials)} runs"
                 )
             else:
-                recipe = read_recipe(path, args.set)
-                session = prepare(recipe, default_plugins(), with_data=False).session
+                recipe = read_recipe(path, plugins.registries, args.set)
+                session = prepare(recipe, plugins, with_data=False).session
                 session.optimizer()  # builds the wrapper: its config is checked against the model
                 clock = session.clock
                 message = (
@@ -132,8 +134,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from compressor.train.loop import prepare
 
-    recipe = read_recipe(args.recipe, args.set)
-    session = prepare(recipe, default_plugins(), with_data=False).session
+    recipe = read_recipe(args.recipe, args.plugins.registries, args.set)
+    session = prepare(recipe, args.plugins, with_data=False).session
     clock = session.clock
     config = recipe.config
     out.print(
@@ -172,7 +174,7 @@ def settings(config: Any) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    schema = build_recipe_model(default_plugins().registries).model_json_schema()
+    schema = build_recipe_model(args.plugins.registries).model_json_schema()
     text = json.dumps(schema, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -183,7 +185,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    plugins = default_plugins()
+    plugins: Plugins = args.plugins
     rows: list[dict[str, Any]] = [
         {
             "name": info.name,
@@ -211,14 +213,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from compressor.train.restore import restore_run
 
-    registry = default_plugins().registries.exporters
+    registry = args.plugins.registries.exporters
     try:
         entry = registry.get(args.format)
     except KeyError as exc:
         raise CompressorError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
     exporter = entry.cls(entry.config.model_validate({"format": args.format}))
     run_dir = Path(args.run)
-    context = restore_run(run_dir)
+    context = restore_run(run_dir, args.plugins)
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}{exporter.suffix}"
     written = exporter.export(context, context.model, target)
     out.print(f"wrote {written}")
@@ -230,7 +232,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from compressor.study.runner import build_launcher, run_study
     from compressor.study.spec import adhoc_study, is_study, load_study
 
-    registries = default_plugins().registries
+    plugins: Plugins = args.plugins
+    registries = plugins.registries
     paths = list(args.files)
     first = read_yaml(paths[0]).data
     if len(paths) == 1 and is_study(first):
@@ -243,7 +246,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{len(study.trials) // max(len(study.labels), 1)} seed(s) = {len(study.trials)} runs "
         f"→ {out_dir}"
     )
-    plugins = default_plugins()
     chosen = launcher_config(study, args)
     launcher = build_launcher(plugins, chosen, out_dir) if chosen is not None else None
     store = run_study(study, out_dir, plugins=plugins, progress=not args.quiet, launcher=launcher)
@@ -272,7 +274,7 @@ def launcher_config(study: Any, args: argparse.Namespace) -> dict[str, Any] | No
     if args.launcher and (data is None or args.launcher != data["name"]):
         data = {"name": args.launcher}
     if args.jobs is not None:
-        data = data or {"name": default_launcher(default_plugins())}
+        data = data or {"name": default_launcher(args.plugins)}
         data["jobs"] = args.jobs
     return data
 
@@ -304,7 +306,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_commands(sub: argparse._SubParsersAction, plugins: Plugins) -> None:  # type: ignore[type-arg]
     """The built-in commands, added like a plugin's ``register_commands``."""
     p = sub.add_parser("run", help="train with a recipe and write a report")
     p.add_argument("recipe")
@@ -358,7 +360,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument(
         "--launcher",
-        choices=default_plugins().registries.launchers.names(),
+        choices=plugins.registries.launchers.names(),
         help="where trials run (default: the study's launcher:, else one by one in this process)",
     )
     with_set(p)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from compressor._version import __version__
 from compressor.cli import commands
 from compressor.contract.errors import CompressorError, RecipeError
-from compressor.host.manager import Plugins, load_plugins, use_plugins
+from compressor.host.manager import Plugins, load_plugins
+from compressor.train.host import RunHost
 
 err = commands.err
 
@@ -41,8 +42,10 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
         metavar="N",
         help="torch CPU threads (1 is often best on a busy machine)",
     )
+    # no global host: every command finds the plugins loaded here on its arguments
+    parser.set_defaults(plugins=plugins, host=RunHost(plugins))
     sub = parser.add_subparsers(dest="command", required=True)
-    commands.register_commands(sub)
+    commands.register_commands(sub, plugins)
     plugins.hook.register_commands(cli=sub)
     return parser
 
@@ -63,7 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins: Plugins | None = None
     try:
         plugins = load_plugins(_plugin_files(argv))
-        use_plugins(plugins)
         args = build_parser(plugins).parse_args(argv)
         if args.threads:
             import torch

@@ -149,7 +149,9 @@ def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[
 
     :param cli: the argparse sub-parsers object; call ``cli.add_parser(name, ...)`` and set
         ``func=callable(args) -> int`` (the exit code) with ``set_defaults``. Raise
-        :class:`~compressor.plugin_api.CompressorError` for a clean one-line error.
+        :class:`~compressor.plugin_api.CompressorError` for a clean one-line error. The
+        command finds the plugin host it runs under as ``args.host`` (a
+        :class:`~compressor.plugin_api.Host`: ``restore_run``, ``validate_config``, ...).
     """
 
 

@@ -35,7 +35,7 @@ from compressor.contract.steps import StepClock
 from compressor.contract.task import call_model
 from compressor.engine.masks import MaskSet
 from compressor.engine.precision import LossScaler, StepGuard
-from compressor.host.manager import Plugins, default_plugins
+from compressor.host.manager import Plugins, load_plugins
 from compressor.kit.params import params_with_grad
 from compressor.kit.selection import select, select_targets, sparsity_stats, unwrap_model
 from compressor.recipe.schema import Recipe
@@ -106,10 +106,11 @@ class Session:
         ones. ``calibration(samples, seed, batches, batch_size)`` gives calibration batches of
         model inputs for operators that compress from data (Wanda, SparseGPT, GPTQ), with the
         meaning of ``EvaluationContext.calibration_batches``; the built-in loop passes its
-        run's."""
+        run's. ``plugins``: the loaded plugins to build from and notify (default: the
+        installed ones, loaded afresh; there is no process-wide set)."""
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be positive")
-        self.plugins = plugins or default_plugins()
+        self.plugins = plugins or load_plugins()
         self.registries = self.plugins.registries
         self.model = unwrap_model(model)  # the user's names, without DDP/compile prefixes
         self.recipe = recipe

@@ -5,6 +5,9 @@ Environment switches:
 * ``COMPRESSOR_DISABLE_PLUGIN_AUTOLOAD=1`` — skip entry-point plugins (built-ins still load);
 * ``COMPRESSOR_BLOCK_PLUGINS=a,b`` — never load the named plugins (built-ins included);
 * ``COMPRESSOR_TRACE_HOOKS=1`` — print every hook call to stderr.
+
+There is no process-wide plugin set: whoever needs plugins is handed a :class:`Plugins`
+(the CLI loads one and passes it down), so two sets can live in one process.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -60,17 +63,22 @@ class Plugins:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
     def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook's implementations; a failure names the plugin and the hook."""
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except (KeyboardInterrupt, PluginError):
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"{describe(self.infos.get(impl.plugin_name), impl.plugin_name)} failed in "
-                    f"{hook}: {type(exc).__name__}: {exc}"
-                ) from exc
+        """Call an observer hook through pluggy (its order, ``tryfirst``/``trylast``, wrappers,
+        call monitoring); a failure names the plugin whose implementation raised and the hook."""
+        caller = getattr(self.pm.hook, hook)
+        try:
+            caller(**kwargs)
+        except (KeyboardInterrupt, PluginError):
+            raise
+        except Exception as exc:
+            name = raised_in(exc, caller.get_hookimpls())
+            if name is None and (blamed := self.blame(exc)) is not None:
+                name = blamed[0].name
+            name = name or "?"
+            raise PluginError(
+                f"{describe(self.infos.get(name), name)} failed in {hook}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def blame(self, exc: BaseException) -> tuple[PluginInfo, str] | None:
         """The plugin whose code raised ``exc`` (its innermost frame) and that function."""
@@ -91,6 +99,18 @@ class Plugins:
         blamed = self.blame(exc)
         where = f"{describe(blamed[0])} failed in {blamed[1]}: " if blamed else ""
         return f"{where}{type(exc).__name__}: {exc}"
+
+
+def raised_in(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str | None:
+    """The plugin whose hook implementation ``exc`` went through last (its innermost frame of
+    one of ``impls``): pluggy re-raises an implementation's exception unchanged."""
+    codes = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in impls}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found
 
 
 def describe(info: PluginInfo | None, name: str = "?") -> str:
@@ -160,11 +180,24 @@ def load_plugins(
         raise PluginError(str(exc)) from None
 
     if os.environ.get("COMPRESSOR_TRACE_HOOKS"):
-        pm.trace.root.setwriter(sys.stderr.write)
-        pm.enable_tracing()
+        trace_hooks(pm)
 
     files = tuple(str(Path(path).resolve()) for path in plugin_files)
     return Plugins(pm, infos, Registries.collect(pm, infos), modules, files)
+
+
+def trace_hooks(pm: pluggy.PluginManager, write: Callable[[str], object] | None = None) -> None:
+    """Print every hook call (and the plugins it reaches) to stderr through pluggy's hook-call
+    monitoring, so registration, command and observer hooks all show."""
+    out = write or sys.stderr.write
+
+    def before(hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        out(f"hook {hook}: {', '.join(impl.plugin_name for impl in impls) or '-'}\n")
+
+    def after(*_: Any) -> None:
+        pass
+
+    pm.add_hookcall_monitoring(before, after)
 
 
 def _guarded_import(load: Any, who: str) -> Any:
@@ -194,20 +227,3 @@ def _import_file(path: Path) -> ModuleType:
 
     result: ModuleType = _guarded_import(execute, f"plugin file {path}")
     return result
-
-
-_default: Plugins | None = None
-
-
-def default_plugins() -> Plugins:
-    """The process-wide plugins (built-ins + entry points), loaded on first use."""
-    global _default
-    if _default is None:
-        _default = load_plugins()
-    return _default
-
-
-def use_plugins(plugins: Plugins) -> None:
-    """Make ``plugins`` the process-wide set (the CLI does, so ``--plugin`` files count)."""
-    global _default
-    _default = plugins

@@ -160,9 +160,15 @@ class Registries:
             "register_loggers": [self.loggers],
         }
         for hook_name, registries in routes.items():
-            hook = getattr(pm.hook, hook_name)
-            for impl in hook.get_hookimpls():  # registration order
+            impls = getattr(pm.hook, hook_name).get_hookimpls()
+            # One call per plugin, each through pluggy (a subset hook caller holding that
+            # plugin's implementation alone, so call monitoring and tracing see it): each gets
+            # its own ``register`` so every entry records who provided it (as simonw/llm
+            # does). Registration order, so a duplicate names the first-loaded plugin first.
+            for impl in impls:
                 info = infos[impl.plugin_name]
+                others = [other.plugin for other in impls if other is not impl]
+                call = pm.subset_hook_caller(hook_name, remove_plugins=others)
 
                 def register(
                     obj: type, _info: PluginInfo = info, _regs: list[Registry] = registries
@@ -177,7 +183,7 @@ class Registries:
                     )
 
                 try:
-                    impl.function(register=register)
+                    call(register=register)
                 except (KeyboardInterrupt, PluginError):
                     raise
                 except Exception as exc:

@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from compressor.contract.config import RegistryRef, TypeConfig
 from compressor.contract.errors import Loc, Problem, RecipeError, data_path, did_you_mean
 from compressor.contract.steps import StepSpec
+from compressor.host.manager import load_plugins
 from compressor.host.registry import Registries, Registry
 from compressor.recipe.source import Source, parse_yaml, read_yaml
 
@@ -409,17 +410,14 @@ def validate_source(source: Source, registries: Registries) -> Recipe:
 
 
 def load_recipe(path: str | Path, *, registries: Registries | None = None) -> Recipe:
-    """Read and validate a recipe file against the loaded plugins."""
-    from compressor.host.manager import default_plugins
-
-    registries = registries or default_plugins().registries
+    """Read and validate a recipe file against ``registries`` (default: the installed plugins,
+    loaded afresh)."""
+    registries = registries or load_plugins().registries
     return validate_source(read_yaml(path), registries)
 
 
 def recipe_from_text(
     text: str, file: str = "<recipe>", *, registries: Registries | None = None
 ) -> Recipe:
-    from compressor.host.manager import default_plugins
-
-    registries = registries or default_plugins().registries
+    registries = registries or load_plugins().registries
     return validate_source(parse_yaml(text, file), registries)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compressor.contract.errors import CompressorError
 from compressor.contract.launcher import Outcome
-from compressor.host.manager import Plugins, default_plugins, load_plugins, use_plugins
+from compressor.host.manager import Plugins, load_plugins
 from compressor.kit.files import load_checkpoint
 from compressor.kit.threads import torch_threads
 from compressor.recipe.schema import validate_source
@@ -39,22 +39,12 @@ class TrialJob:
         return f"{self.label} · seed {self.seed}"
 
 
-def plugins_for(files: tuple[str, ...]) -> Plugins:
-    """This process's plugins if they are the job's (the driver), else load the job's."""
-    current = default_plugins()
-    if current.files == files:
-        return current
-    loaded = load_plugins(files)
-    use_plugins(loaded)
-    return loaded
-
-
 def run_job(job: TrialJob, plugins: Plugins | None = None) -> Outcome:
     """Run one trial (resuming its own checkpoint if it has one); never raises for a failed
     run, so a launcher needs no knowledge of compressor's errors. ``plugins``: the driver's,
     when the job runs in the driver's process."""
     try:
-        plugins = plugins or plugins_for(job.plugin_files)
+        plugins = plugins or load_plugins(job.plugin_files)  # a worker: the job's own
         recipe = validate_source(job.source, plugins.registries)
         run_dir = Path(job.run_dir)
         checkpoint = run_dir / CHECKPOINT

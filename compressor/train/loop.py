@@ -27,7 +27,7 @@ from compressor.contract.evaluation import Evaluation
 from compressor.contract.logger import RunInfo
 from compressor.contract.task import Task, to_device
 from compressor.engine.session import Session
-from compressor.host.manager import Plugins, default_plugins
+from compressor.host.manager import Plugins, load_plugins
 from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.recipe.schema import Recipe
 from compressor.train.batches import Batches, LoaderSettings, batches_per_epoch, sample_seed
@@ -121,7 +121,7 @@ def prepare(
     """Build data, task, model and session; without data only the shapes are used (validate,
     explain), and the run context builds the data when first asked. Under data parallelism
     (``world``) every rank reads its slice of each global batch."""
-    plugins = plugins or default_plugins()
+    plugins = plugins or load_plugins()
     world = world or World()
     require_sections(recipe)
     registries = plugins.registries
@@ -269,7 +269,7 @@ def run(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     world = from_environment()
-    plugins = plugins or default_plugins()
+    plugins = plugins or load_plugins()
     runlog = RunLog(plugins)
     with process_group(world, recipe.config.train.device):
         try:

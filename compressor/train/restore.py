@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.contract.errors import CompressorError
-from compressor.host.manager import Plugins, default_plugins
+from compressor.host.manager import Plugins, load_plugins
 from compressor.kit.files import load_checkpoint
 from compressor.recipe.schema import OUTCOME_NEUTRAL, validate_source
 from compressor.recipe.source import Source
@@ -15,7 +15,7 @@ from compressor.train.loop import CHECKPOINT, prepare
 
 def restore_run(run_dir: str | Path, plugins: Plugins | None = None) -> RunContext:
     """The run context of the finished run in ``run_dir`` (data built on first use)."""
-    plugins = plugins or default_plugins()
+    plugins = plugins or load_plugins()
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if not path.exists():

@@ -40,9 +40,7 @@ from compressor.plugin_api import (
     TypeConfig,
     hookimpl,
     recalibrate_bn,
-    restore_run,
     sparsity_stats,
-    validate_config,
 )
 from compressor_plugins.prune.magnitude import default_operator
 
@@ -206,8 +204,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.nm:
         options["targets"] = [parse_nm(args.nm)]
     options["bn_recalibration"] = {"batches": args.batches}
-    config = validate_config(OneShotEval.Config, options, what="evaluate options")
-    context = restore_run(args.run)
+    config = args.host.validate_config(OneShotEval.Config, options, what="evaluate options")
+    context = args.host.restore_run(args.run)
     evaluator = OneShotEval(config)
     try:
         evaluator.check(context)

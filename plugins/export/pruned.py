@@ -33,10 +33,10 @@ from compressor.plugin_api import (
     DataInfo,
     EvaluationContext,
     Exporter,
+    Host,
     TypeConfig,
     atomic_save,
     atomic_write_json,
-    build_model,
     hookimpl,
     load_checkpoint,
     torch_threads,
@@ -232,9 +232,11 @@ def shrink_to(model: nn.Module, payload: Mapping[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load_pruned(
+    path: str | Path, model: nn.Module | None = None, *, host: Host | None = None
+) -> nn.Module:
     """Rebuild a pruned model: from ``model`` (a fresh dense instance of the architecture) or,
-    if None, from the file's model spec through the model registry."""
+    if None, from the file's model spec through ``host``'s model registry."""
     payload = load_checkpoint(path)
     if payload.get("format") != FORMAT:
         raise ExportError(f"{path} is not a {FORMAT} file")
@@ -242,8 +244,13 @@ def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         spec = payload.get("model")
         if spec is None or payload.get("num_classes") is None:
             raise ExportError(f"{path} has no model spec: pass a dense model to load_pruned")
+        if host is None:
+            raise ExportError(
+                "load_pruned needs a dense model or a host to build one from the file's spec "
+                "(compressor.load_host())"
+            )
         info = DataInfo(tuple(payload["input_shape"]), int(payload["num_classes"]))
-        model = build_model(spec, info)
+        model = host.build_model(spec, info)
     return shrink_to(model, payload)
 
 

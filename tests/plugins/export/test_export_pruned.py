@@ -12,10 +12,12 @@ from torch import nn
 
 from compressor.host.manager import Plugins
 from compressor.kit.selection import select_targets
+from compressor.train.host import RunHost
 from compressor.train.loop import prepare
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.export import pruned as pruned_export
 from compressor_plugins.export.pruned import (
+    ExportError,
     export_pruned,
     load_pruned,
     pruned_payload,
@@ -129,5 +131,7 @@ def test_export_hook_writes_model_and_report(
     assert report["file_bytes"]["pruned"] < report["file_bytes"]["dense"]
     assert set(report["latency_cpu"]) == {"threads", "batch1", "batch64"}
     assert report["latency_cpu"]["batch1"]["pruned"]["median_ms"] > 0
-    reloaded = load_pruned(written)  # rebuilt from the spec
+    with pytest.raises(ExportError, match="needs a dense model or a host"):
+        load_pruned(written)
+    reloaded = load_pruned(written, host=RunHost(plugins))  # rebuilt from the spec
     assert reloaded(torch.randn(2, *RESNET_SHAPE)).shape == (2, 10)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressor import Session, load_recipe
-from compressor.host.manager import default_plugins
+from compressor.host.manager import Plugins
 from tests.support import ROOT
 from tests.support.cram import make_closure
 
@@ -15,13 +15,13 @@ NAMES = ["sgd-mnist1d", "sam-mnist1d", "cram-mnist1d", "cram-plus-multi-mnist1d"
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_validates_and_steps(name: str) -> None:
+def test_recipe_validates_and_steps(name: str, plugins: Plugins) -> None:
     torch.manual_seed(0)
-    recipe = load_recipe(RECIPES / f"{name}.yaml")
-    registries = default_plugins().registries
+    recipe = load_recipe(RECIPES / f"{name}.yaml", registries=plugins.registries)
+    registries = plugins.registries
     data = registries.datasets.build(recipe.config.data)
     model = registries.models.build(recipe.config.model).build(data.info())
-    session = Session(model, recipe, steps_per_epoch=125)
+    session = Session(model, recipe, steps_per_epoch=125, plugins=plugins)
     optimizer = session.optimizer()
     x, y = torch.randn(8, 40), torch.randint(0, 10, (8,))
     before = [p.detach().clone() for p in model.parameters()]
