@@ -17,7 +17,8 @@ import time
 import torch
 
 from bench.common import summary, write_result
-from compressor_plugins.prune.magnitude import Magnitude, keep_count
+from compressor.plugin_api import keep_count
+from compressor_plugins.prune.magnitude import Magnitude
 
 
 def baseline(weights: dict[str, torch.Tensor], sparsity: float) -> torch.Tensor:

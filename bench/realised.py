@@ -4,7 +4,7 @@ Rows, all from the same (untrained: latency and size do not depend on the values
 
 * ``dense`` — the reference;
 * ``channel 50%`` — the ``channel`` operator at 50% of channels per coupled group, exported
-  with Torch-Pruning (:func:`compressor_plugins.pruned_export.export_pruned`): a physically
+  with Torch-Pruning (:func:`compressor.plugin_api.export_pruned`): a physically
   smaller dense model;
 * ``magnitude 90%`` (global unstructured) and ``2:4`` (N:M) — masks only: the model stays dense,
   its file stays the same size and its latency is unchanged on CPU, which the table shows.
@@ -34,9 +34,13 @@ from torch import nn
 
 from compressor.host.manager import load_plugins
 from compressor.kit.selection import select_targets
+from compressor.plugin_api import (
+    compare_latency,
+    count_macs_params,
+    export_pruned,
+    serialized_bytes,
+)
 from compressor_plugins.channel.operator import Channel
-from compressor_plugins.evaluate.latency import compare_latency
-from compressor_plugins.export.pruned import count_macs_params, export_pruned, serialized_bytes
 from compressor_plugins.prune.magnitude import Magnitude
 from compressor_plugins.zoo.resnet import ResNetCIFAR
 

@@ -60,7 +60,7 @@ def verdict(speedup: float) -> str:
 def bench_linear(size: int, batches: list[int], warmup: int, iters: int) -> list[dict[str, Any]]:
     from torch.sparse import to_sparse_semi_structured
 
-    from compressor_plugins.nm.operator import nm_mask
+    from compressor.plugin_api import nm_mask
 
     generator = torch.Generator(device="cuda").manual_seed(size)
     weight = torch.randn(size, size, device="cuda", dtype=torch.float16, generator=generator)
@@ -103,11 +103,11 @@ def mlp(width: int, hidden: int, depth: int) -> nn.Module:
 def bench_exported_mlp(
     width: int, hidden: int, depth: int, batches: list[int], warmup: int, iters: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from compressor.plugin_api import nm_mask
     from compressor_plugins.export.semi_structured import (
         export_semi_structured,
         load_semi_structured,
     )
-    from compressor_plugins.nm.operator import nm_mask
 
     torch.manual_seed(0)
     model = mlp(width, hidden, depth)

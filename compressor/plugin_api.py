@@ -49,11 +49,43 @@ from compressor.contract.selection import ModuleKind, SelectionConfig, Target
 from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of, to_device
 from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
+from compressor.kit.channel_removal import (
+    PRUNED_FORMAT,
+    ExportError,
+    count_macs_params,
+    dead_channels,
+    export_pruned,
+    serialized_bytes,
+)
+from compressor.kit.channels import (
+    ChannelGroup,
+    Slot,
+    channel_groups,
+    channel_values,
+    example_input,
+    output_layers,
+    require_torch_pruning,
+    slot_mask,
+)
+from compressor.kit.defaults import default_operator
 from compressor.kit.files import (
     atomic_save,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+)
+from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
+from compressor.kit.latency import compare_latency
+from compressor.kit.nm import (
+    NMSkippedWarning,
+    from_group_layout,
+    group_view,
+    groupable,
+    input_dim,
+    nm_mask,
+    nm_ramp_mask,
+    nm_violations,
+    to_group_layout,
 )
 from compressor.kit.params import params_with_grad
 from compressor.kit.selection import (
@@ -65,9 +97,42 @@ from compressor.kit.selection import (
     unwrap_model,
 )
 from compressor.kit.threads import torch_threads
+from compressor.kit.topk import keep_count, kth_smallest, topk_mask, topk_masks
 from compressor.kit.two_pass import TwoPassConfig, TwoPassWrapper
 
 __all__ = [
+    "PRUNED_FORMAT",
+    "ExportError",
+    "count_macs_params",
+    "dead_channels",
+    "export_pruned",
+    "serialized_bytes",
+    "ChannelGroup",
+    "Slot",
+    "channel_groups",
+    "channel_values",
+    "example_input",
+    "output_layers",
+    "require_torch_pruning",
+    "slot_mask",
+    "default_operator",
+    "GradualModifier",
+    "apply_masks",
+    "apply_projection",
+    "compare_latency",
+    "NMSkippedWarning",
+    "from_group_layout",
+    "group_view",
+    "groupable",
+    "input_dim",
+    "nm_mask",
+    "nm_ramp_mask",
+    "nm_violations",
+    "to_group_layout",
+    "keep_count",
+    "kth_smallest",
+    "topk_mask",
+    "topk_masks",
     "Column",
     "CompressionContext",
     "CompressorError",

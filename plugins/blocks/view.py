@@ -23,8 +23,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import field_validator
 
-from compressor.plugin_api import Operator, OperatorConfig, SelectionConfig, TypeConfig, hookimpl
-from compressor_plugins.prune.magnitude import keep_count, topk_mask
+from compressor.plugin_api import (
+    Operator,
+    OperatorConfig,
+    SelectionConfig,
+    TypeConfig,
+    hookimpl,
+    keep_count,
+    topk_mask,
+)
 
 View = Literal["in_k", "k_in"]
 

@@ -38,23 +38,22 @@ from pydantic import Field
 from torch import nn
 
 from compressor.plugin_api import (
+    ChannelGroup,
     CompressionContext,
     ConfigError,
     Operator,
     OperatorConfig,
     Target,
-    hookimpl,
-    matches,
-)
-from compressor_plugins.channel.groups import (
-    ChannelGroup,
     channel_groups,
     channel_values,
     example_input,
+    hookimpl,
+    keep_count,
+    matches,
     output_layers,
     slot_mask,
+    topk_mask,
 )
-from compressor_plugins.prune.magnitude import keep_count, topk_mask
 
 
 def keep_channels(size: int, sparsity: float, round_to: int) -> int:

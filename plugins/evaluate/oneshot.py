@@ -38,11 +38,11 @@ from compressor.plugin_api import (
     OperatorSpec,
     Sparsity,
     TypeConfig,
+    default_operator,
     hookimpl,
     recalibrate_bn,
     sparsity_stats,
 )
-from compressor_plugins.prune.magnitude import default_operator
 
 TRAINED_SPARSE = 0.05
 """A trained model at least this sparse is shown as a star, not as the start of a curve."""

@@ -21,12 +21,14 @@ from compressor.plugin_api import (
     Evaluation,
     EvaluationContext,
     Evaluator,
+    ExportError,
     TypeConfig,
+    compare_latency,
+    export_pruned,
     hookimpl,
+    serialized_bytes,
     torch_threads,
 )
-from compressor_plugins.evaluate.latency import compare_latency
-from compressor_plugins.export.pruned import ExportError, export_pruned, serialized_bytes
 
 
 class Realised(Evaluator):

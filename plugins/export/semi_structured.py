@@ -33,8 +33,8 @@ from compressor.plugin_api import (
     atomic_write_json,
     hookimpl,
     load_checkpoint,
+    nm_violations,
 )
-from compressor_plugins.nm.operator import nm_violations
 
 FORMAT = "semi-structured"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)

@@ -15,8 +15,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compressor.plugin_api import CompressorError, hookimpl, load_checkpoint, out_in, select_targets
-from compressor_plugins.nm.operator import groupable, input_dim, nm_violations
+from compressor.plugin_api import (
+    CompressorError,
+    groupable,
+    hookimpl,
+    input_dim,
+    load_checkpoint,
+    nm_violations,
+    out_in,
+    select_targets,
+)
 
 Status = Literal["satisfied", "violated", "skipped"]
 

@@ -19,20 +19,21 @@ from pydantic import Field
 from compressor.plugin_api import (
     CompressionContext,
     ConfigError,
+    GradualModifier,
     OperatorSpec,
     ScheduleSpec,
     TypeConfig,
     hookimpl,
+    nm_ramp_mask,
 )
-from compressor_plugins.nm.operator import NM, nm_ramp_mask
-from compressor_plugins.prune.gmp import GMP
+from compressor_plugins.nm.operator import NM
 
 
 def default_nm() -> dict[str, Any]:
     return {"kind": "nm", "keep": 2, "group": 4}
 
 
-class GradualNM(GMP):
+class GradualNM(GradualModifier):
     """GMP whose masks follow the N:M ramp; schedule checks are N:M-specific."""
 
     operator: NM

@@ -50,9 +50,9 @@ from compressor.plugin_api import (
     Sparsity,
     TwoPassConfig,
     TwoPassWrapper,
+    default_operator,
     hookimpl,
 )
-from compressor_plugins.prune.magnitude import default_operator
 
 
 class CrAM(TwoPassWrapper):

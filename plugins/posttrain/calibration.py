@@ -58,15 +58,18 @@ from compressor.plugin_api import (
     CompressionContext,
     CompressorError,
     ConfigError,
+    NMSkippedWarning,
     Operator,
     Target,
     TypeConfig,
     batchnorm_layers,
     call_model,
     freeze_bn_stats,
+    from_group_layout,
+    keep_count,
+    to_group_layout,
+    topk_masks,
 )
-from compressor_plugins.nm.operator import NMSkippedWarning, from_group_layout, to_group_layout
-from compressor_plugins.prune.magnitude import keep_count, topk_masks
 
 __all__ = [
     "CalibrationConfig",

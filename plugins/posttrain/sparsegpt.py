@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from compressor.plugin_api import OperatorConfig, Target, hookimpl
+from compressor.plugin_api import OperatorConfig, Target, hookimpl, keep_count, topk_mask
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     LayerStatistics,
@@ -40,7 +40,6 @@ from compressor_plugins.posttrain.calibration import (
 from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
 from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
 from compressor_plugins.posttrain.wanda import group_keep
-from compressor_plugins.prune.magnitude import keep_count, topk_mask
 
 __all__ = ["BlockMask", "GroupMask", "SparseGPT", "sparsegpt_layer"]
 

@@ -27,13 +27,13 @@ from compressor.plugin_api import (
     OperatorConfig,
     Target,
     hookimpl,
+    keep_count,
 )
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     LayerStatistics,
 )
 from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
-from compressor_plugins.prune.magnitude import keep_count
 
 __all__ = ["Wanda", "group_keep", "row_keep"]
 

@@ -10,99 +10,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 
 from compressor.plugin_api import (
     CompressionContext,
     ConfigError,
+    GradualModifier,
     Modifier,
-    Operator,
     OperatorSpec,
     ScheduleSpec,
     Sparsity,
     StepSpec,
     TypeConfig,
+    apply_masks,
+    apply_projection,
+    default_operator,
     hookimpl,
 )
-from compressor_plugins.prune.magnitude import default_operator
 
 
-def apply_masks(context: CompressionContext, operator: Operator, sparsity: float | None) -> None:
-    """Compute masks on the current weights and hand them to the run's mask store."""
-    weights = {t.name: t.param for t in operator.targets}
-    for name, mask in operator.masks(weights, sparsity, generator=context.generator).items():
-        context.masks.set(name, mask)
-
-
-def apply_projection(
-    context: CompressionContext, operator: Operator, sparsity: float | None
-) -> None:
-    """Write ``C(w)`` into the weights (a projection's own values: SparseGPT's updated
-    weights, quantized ones) and keep its zeros as the run's masks."""
-    weights = {t.name: t.param for t in operator.targets}
-    values = operator.project(weights, sparsity, generator=context.generator)
-    with torch.no_grad():
-        for name, value in values.items():
-            weights[name].copy_(value)
-            context.masks.set(name, value != 0)
-
-
-class GMP(Modifier):
+class GMP(GradualModifier):
     class Config(TypeConfig):
         type: Literal["gmp"]
         operator: OperatorSpec = Field(default_factory=default_operator, validate_default=True)  # type: ignore[assignment]
         schedule: ScheduleSpec
-
-    def __init__(self, config: Any, context: CompressionContext) -> None:
-        super().__init__(config, context)
-        self.operator = context.build_operator(config.operator)
-        self.schedule = context.build_schedule(config.schedule)
-        self.start, self.end = self.schedule.span() or (0, context.clock.total_steps)
-        self.check_schedule()
-        self.current: float | None = None
-
-    def check_schedule(self) -> None:
-        """Raise ConfigError when the schedule asks for what the operator cannot give."""
-        for step, field in ((self.start, "initial"), (self.end, "final")):
-            value = self.schedule(step)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"sparsity must be in [0, 1), got {value:g}", ("schedule", field))
-        self.operator.levels([self.schedule(self.end)], loc=("schedule", "final"))
-
-    def prune_to(self, context: CompressionContext, target: float) -> None:
-        """Set the masks for sparsity ``target`` (subclasses change how)."""
-        apply_masks(context, self.operator, target)
-
-    def masked_names(self) -> set[str]:
-        return {t.name for t in self.operator.targets}
-
-    def update(self, context: CompressionContext) -> None:
-        step = context.step
-        if step < self.start or step > self.end:
-            return
-        target = self.schedule(step)
-        if target == self.current or (self.current is None and target <= 0.0):
-            return
-        self.prune_to(context, target)
-        self.current = target
-
-    def timeline(self) -> list[tuple[int, str]]:
-        rows = [(s, f"target sparsity {self.schedule(s):.4f}") for s in self.schedule.milestones()]
-        rows.append((self.end, "masks frozen from here on (fine-tuning)"))
-        return rows
-
-    def report(self, context: CompressionContext) -> dict[str, Any]:
-        return {
-            "target_sparsity": self.schedule(self.end),
-            "masked_tensors": len(self.masked_names()),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"current": self.current}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = state["current"]
 
 
 class OneShot(Modifier):

@@ -22,6 +22,14 @@ from tests.support import ROOT
 CORE = ROOT / "compressor"
 PLUGINS = ROOT / "plugins"
 MODULE_KINDS = {"linear", "conv", "embedding"}  # selection's module kinds, not operators
+# The one built-in type the core names: the default operator of the built-ins' configs
+# (kit/defaults.py), kept in the kit so every family agrees on it; it is validated like any
+# other spec, so the core still runs without the plugin that provides it. "pruned" in the
+# channel removal toolkit is a report key (dense vs pruned sizes), not the exporter's name.
+NAMED_ON_PURPOSE = {
+    "compressor/kit/defaults.py": ["magnitude"],
+    "compressor/kit/channel_removal.py": ["pruned"],
+}
 
 
 def _string_literals(path: Path) -> set[str]:
@@ -56,7 +64,7 @@ def test_no_core_module_names_a_builtin_type(plugins: Plugins) -> None:
         str(path.relative_to(ROOT)): sorted(_string_literals(path) & names)
         for path in CORE.rglob("*.py")
     }
-    assert {path: hits for path, hits in found.items() if hits} == {}
+    assert {path: hits for path, hits in found.items() if hits} == NAMED_ON_PURPOSE
 
 
 def test_builtin_plugins_import_only_the_plugin_api() -> None:

@@ -14,9 +14,8 @@ from compressor import Session
 from compressor.contract.errors import CompressorError, ConfigError
 from compressor.host.manager import Plugins
 from compressor.kit.selection import select_targets
-from compressor_plugins.channel.groups import example_input
+from compressor.plugin_api import example_input, export_pruned
 from compressor_plugins.channel.operator import Channel, keep_channels
-from compressor_plugins.export.pruned import export_pruned
 from tests.conftest import make_recipe
 from tests.support.channel import mnist1d_cnn, resnet20
 

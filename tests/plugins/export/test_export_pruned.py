@@ -12,13 +12,12 @@ from torch import nn
 
 from compressor.host.manager import Plugins
 from compressor.kit.selection import select_targets
+from compressor.plugin_api import ExportError, export_pruned
 from compressor.train.host import RunHost
 from compressor.train.loop import prepare
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.export import pruned as pruned_export
 from compressor_plugins.export.pruned import (
-    ExportError,
-    export_pruned,
     load_pruned,
     pruned_payload,
     save_pruned,

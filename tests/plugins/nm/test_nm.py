@@ -17,8 +17,7 @@ torch.set_num_threads(1)
 from compressor import Session  # noqa: E402
 from compressor.contract.errors import RecipeError  # noqa: E402
 from compressor.host.manager import Plugins, load_plugins  # noqa: E402
-from compressor.recipe.schema import load_recipe, recipe_from_text  # noqa: E402
-from compressor_plugins.nm.operator import (  # noqa: E402
+from compressor.plugin_api import (  # noqa: E402
     NMSkippedWarning,
     from_group_layout,
     group_view,
@@ -27,6 +26,7 @@ from compressor_plugins.nm.operator import (  # noqa: E402
     nm_violations,
     to_group_layout,
 )
+from compressor.recipe.schema import load_recipe, recipe_from_text  # noqa: E402
 from compressor_plugins.zoo.models import MNIST1DCNN  # noqa: E402
 from tests.support import ROOT  # noqa: E402
 

@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 
 from compressor.contract.errors import CompressorError  # noqa: E402
 from compressor.host.manager import load_plugins  # noqa: E402
+from compressor.plugin_api import nm_mask  # noqa: E402
 from compressor_plugins.nm.check import check_nm  # noqa: E402
-from compressor_plugins.nm.operator import nm_mask  # noqa: E402
 
 
 def pruned_model() -> nn.Module:

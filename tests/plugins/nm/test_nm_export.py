@@ -14,8 +14,8 @@ torch.set_num_threads(1)
 
 from compressor.contract.errors import CompressorError  # noqa: E402
 from compressor.host.manager import Plugins, load_plugins  # noqa: E402
+from compressor.plugin_api import nm_mask  # noqa: E402
 from compressor_plugins.export import semi_structured as nm_export  # noqa: E402
-from compressor_plugins.nm.operator import nm_mask  # noqa: E402
 from tests.support import ROOT  # noqa: E402
 
 NO_GPU = (

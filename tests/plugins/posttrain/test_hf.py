@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compressor.host.manager import Plugins
-from compressor_plugins.nm.operator import nm_violations
+from compressor.plugin_api import nm_violations
 from tests.plugins.posttrain.support import bound, weights_of
 from tests.plugins.zoo.test_hf import GPT2, build
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor_plugins.nm.operator import nm_violations
+from compressor.plugin_api import nm_violations
 from compressor_plugins.posttrain.sparsegpt import sparsegpt_layer
 from tests.plugins.posttrain.support import (
     bound,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor_plugins.nm.operator import NMSkippedWarning, nm_violations
+from compressor.plugin_api import NMSkippedWarning, nm_violations
 from tests.plugins.posttrain.support import bound, keep_largest, round_keep, weights_of
 
 torch.set_num_threads(1)

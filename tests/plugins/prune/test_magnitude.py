@@ -91,8 +91,8 @@ def test_magnitude_needs_a_sparsity(plugins: Plugins) -> None:
 def test_bracket_selection_matches_a_stable_sort_on_large_inputs(
     distribution: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import compressor_plugins.prune.magnitude as magnitude
-    from compressor_plugins.prune.magnitude import keep_count, topk_masks
+    import compressor.kit.topk as magnitude
+    from compressor.plugin_api import keep_count, topk_masks
 
     # shrink the thresholds so small tensors take the large-model path (sampled bracket)
     monkeypatch.setattr(magnitude, "SELECT_DIRECTLY", 4096)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor_plugins.prune.magnitude import keep_count, topk_mask
+from compressor.plugin_api import keep_count, topk_mask
 
 
 def _reference(scores: torch.Tensor, keep: int) -> torch.Tensor:

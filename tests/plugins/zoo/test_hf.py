@@ -14,8 +14,7 @@ from torch import nn
 
 from compressor import Session
 from compressor.host.manager import Plugins
-from compressor.plugin_api import DataInfo, select_targets
-from compressor_plugins.nm.operator import nm_violations
+from compressor.plugin_api import DataInfo, nm_violations, select_targets
 from compressor_plugins.zoo.hf import HFModel
 from tests.conftest import make_recipe
 

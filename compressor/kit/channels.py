@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from compressor.plugin_api import CompressorError
+from compressor.contract.errors import CompressorError
 
 Role = Literal["out", "in", "norm"]
 
