@@ -82,6 +82,65 @@ def test_builtin_plugins_import_only_the_plugin_api() -> None:
     assert wrong == []
 
 
+def _imported_modules(source: str, package: str) -> list[str]:
+    """The absolute names of every module ``source`` (a module of ``package``) imports."""
+    here = package.split(".")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.append(module)
+            # ``from compressor_plugins import nm`` imports the family nm
+            found += [f"{module}.{alias.name}" for alias in node.names]
+    return found
+
+
+def _family_of(module: str, families: set[str]) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "compressor_plugins" and len(parts) > 1 and parts[1] in families:
+        return parts[1]
+    return None
+
+
+def test_no_builtin_family_imports_another() -> None:
+    """A family is written as a third party would write it: what two families share lives in
+    the plugin API's kit, never in one of them (an import-linter contract checks it too)."""
+    families = {p.name for p in PLUGINS.iterdir() if (p / "__init__.py").exists()}
+    assert {"prune", "nm", "channel", "evaluate", "export"} <= families
+    wrong = []
+    for path in PLUGINS.rglob("*.py"):
+        package = ".".join(["compressor_plugins", *path.relative_to(PLUGINS).parent.parts])
+        own = _family_of(package, families)
+        for module in _imported_modules(path.read_text(), package):
+            if _family_of(module, families) not in (None, own):
+                wrong.append(f"{path.relative_to(ROOT)}: {module}")
+    assert wrong == []
+
+
+def test_the_family_check_sees_every_kind_of_import() -> None:
+    source = (
+        "import compressor_plugins.prune.gmp\n"
+        "from compressor_plugins.nm.operator import NM\n"
+        "from compressor_plugins import channel\n"
+        "from ..export import pruned\n"
+        "from . import own\n"
+        "from compressor.plugin_api import keep_count\n"
+    )
+    families = {"prune", "nm", "channel", "export", "evaluate"}
+    modules = _imported_modules(source, "compressor_plugins.evaluate")
+    assert [_family_of(m, families) for m in modules] == [
+        "prune",
+        *["nm", "nm"],  # the module, and the name imported from it
+        *[None, "channel"],
+        *["export", "export"],
+        *["evaluate", "evaluate"],
+        *[None, None],
+    ]
+
+
 def test_the_plugin_api_exports_what_it_declares() -> None:
     missing = [name for name in plugin_api.__all__ if not hasattr(plugin_api, name)]
     assert missing == []
