@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from compressor.host.manager import load_plugins
+from compressor.kit.channel_removal import count_macs_params
 from compressor.kit.selection import select_targets
 from compressor.plugin_api import (
     compare_latency,
-    count_macs_params,
     export_pruned,
     serialized_bytes,
 )

@@ -3,8 +3,9 @@
 For your own training loop: :class:`Session` and :func:`load_recipe`; :func:`load_host` for
 the plugin host that plugin functions needing the registries take. For plugin authors:
 :mod:`compressor.plugin_api`, the one module a plugin imports from. The sub-packages are the
-engine's layers, lowest first — ``contract`` (what plugins build on), ``host`` (plugin
-manager, registries), ``recipe`` (schema, YAML positions), ``engine`` (Session, masks),
+engine's layers, lowest first — ``contract`` (what plugins build on: protocols, base classes,
+hookspecs), ``kit`` (the helpers and mask toolkit they share), ``host`` (plugin manager,
+registries), ``recipe`` (schema, YAML positions), ``engine`` (Session, masks),
 ``train`` (the built-in loop), ``study`` (comparisons, store, reports), ``cli``,
 ``integrations`` (the Hugging Face Trainer, Lightning, accelerate; optional extras) — each
 importing only the ones below it; none imports the built-in plugins in ``compressor_plugins``.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from compressor import _compat
 from compressor._version import __version__
 from compressor.contract.hookspecs import hookimpl
 
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from compressor.train.host import load_host
 
 __all__ = ["Session", "__version__", "hookimpl", "load_host", "load_recipe"]
-
-_compat.install()
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the whole engine

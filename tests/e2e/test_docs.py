@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.support import ROOT
 from tests.support.docs import BLOCK, marked_blocks
@@ -109,6 +110,49 @@ def test_the_examples_run_together_through_the_cli(examples: Path) -> None:
     )
     assert logged[-1] == {"status": "done", "error": None}
     assert "random-prune: done, rank 0 of 1" in run.stderr
+
+
+def test_the_toolkit_example_keeps_exact_counts_per_row(examples: Path) -> None:
+    import runpy
+
+    row_topk = runpy.run_path(str(examples / "row_topk.py"))["RowTopK"]
+    operator = row_topk(row_topk.Config(kind="row_topk"))
+    w = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0], [4.0, -5.0, 1.0, 0.5]])
+    (mask,) = operator.compute_masks({"w": w}, 0.5, None).values()
+    assert mask.tolist() == [
+        [False, True, True, False],  # ties at the threshold: both 3s
+        [True, True, False, False],  # all equal: the earliest ones
+        [True, True, False, False],  # by |w|
+    ]
+
+
+def test_the_task_example_trains_and_reports_its_metric(examples: Path) -> None:
+    """docs/plugins.md's Task (with the toolkit's operator) through ``compressor run``."""
+    (block,) = [b for lang, b in BLOCK.findall(PAGE) if lang == "text" and "margin.yaml" in b]
+    argv = shlex.split(block.strip())
+    assert argv[0] == "compressor"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "compressor.cli", *argv[1:], "--out", "margin"],
+        cwd=examples,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((examples / "margin" / "report.json").read_text())
+    assert report["metric"] == {
+        "name": "error",
+        "title": "test error",
+        "higher_is_better": False,
+        "percent": True,
+    }
+    assert 0.0 <= report["metrics"]["test_error"] <= 1.0
+    assert report["sparsity"]["per_layer"]["0.weight"] == 0.5
+    assert "test error" in result.stdout
 
 
 def test_the_study_example_in_comparing_md_validates(tmp_path: Path) -> None:
