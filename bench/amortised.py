@@ -34,7 +34,6 @@ were not interleaved).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -45,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/amortised.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, study_parser, write_result  # noqa: E402
+from bench.common import RESULTS, result_path, study_parser, write_payload  # noqa: E402
 from bench.robustness import (  # noqa: E402
     LEVELS,
     PATTERNS,
@@ -235,12 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - started,
         "tables_markdown": "\n".join([sweep_text, rule_text, seeds_text, bar_text]),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    else:
-        print(f"wrote {write_result('amortised-smoke' if args.smoke else 'amortised', payload)}")
+    write_payload(
+        payload, args.json or result_path("amortised-smoke" if args.smoke else "amortised")
+    )
     return 0
 
 

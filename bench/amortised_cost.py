@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -37,15 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/amortised_cost.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.step_cost import (  # noqa: E402
-    CRAM_SPARSITIES,
-    METHODS,
-    RESULTS,
-    cram_wrapper,
-    make_stepper,
-    resnet20,
-    summarise,
-)
+from bench.common import write_payload  # noqa: E402
+from bench.step_cost import RESULTS, summarise  # noqa: E402
+from bench.step_models import resnet20  # noqa: E402
+from bench.step_setup import CRAM_SPARSITIES, METHODS, cram_wrapper, make_stepper  # noqa: E402
 from compressor_plugins.zoo.models import MNIST1DCNN  # noqa: E402
 
 KS = [1, 2, 5, 10]
@@ -167,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / (
         "amortised_cost-smoke.json" if smoke else "amortised_cost.json"
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_payload(report, output, with_machine=False)
     return 0
 
 

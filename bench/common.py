@@ -29,11 +29,19 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+def write_payload(payload: dict[str, Any], path: Path, *, with_machine: bool = True) -> Path:
+    """The one writer of a bench result file: indented JSON, the machine first (unless the
+    payload describes its own), the folder made; prints where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"machine": machine(), **payload} if with_machine else payload
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"wrote {path}")
     return path
+
+
+def result_path(name: str) -> Path:
+    """``bench/results/<name>.json``: where a script's result goes unless told otherwise."""
+    return RESULTS / f"{name}.json"
 
 
 def study_parser(

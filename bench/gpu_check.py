@@ -196,7 +196,7 @@ def resnet(device: torch.device, cpu_smoke: bool) -> tuple[str, nn.Module, tuple
 
         return "resnet50", torchvision.models.resnet50(num_classes=1000), (3, 224, 224)
     except ImportError:
-        from bench.step_cost import resnet20
+        from bench.step_models import resnet20
 
         return "resnet20 (no torchvision)", resnet20(), (3, 32, 32)
 

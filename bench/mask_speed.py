@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench.common import summary, write_result
+from bench.common import result_path, summary, write_payload
 from compressor.plugin_api import keep_count
 from compressor_plugins.prune.magnitude import Magnitude
 
@@ -68,7 +68,6 @@ def main() -> None:
         "pairwise_speedup": summary(ratios),
         "bar": 2.5,
     }
-    path = write_result("mask_speed-smoke" if args.smoke else "mask_speed", result)
     print(
         f"{result['weights']:,} weights in {args.tensors} tensors, sparsity {args.sparsity}, {args.threads} thread(s)"
     )
@@ -80,7 +79,7 @@ def main() -> None:
     print(
         f"\nexact: {exact}; speed-up {result['speedup']:.2f}x (pairwise {p['min']:.2f}–{p['max']:.2f}); bar >= 2.5x"
     )
-    print(f"written to {path}")
+    write_payload(result, result_path("mask_speed-smoke" if args.smoke else "mask_speed"))
     if not exact:
         raise SystemExit("the operator's mask differs from the kthvalue mask")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.common import summary, write_result
+from bench.common import result_path, summary, write_payload
 from compressor.host.manager import load_plugins
 from compressor.recipe.schema import recipe_from_text
 from compressor.train.batches import epoch_order
@@ -131,8 +131,7 @@ def main() -> None:
             f"(pairwise {pr['median']:.3f}, {pr['min']:.3f}–{pr['max']:.3f}); bar <= 1.03"
         )
     print("\n" + "\n".join(lines))
-    written = write_result("overhead-smoke" if args.smoke else "overhead", result)
-    print(f"written to {written}")
+    write_payload(result, result_path("overhead-smoke" if args.smoke else "overhead"))
 
 
 if __name__ == "__main__":

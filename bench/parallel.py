@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import result_path, write_payload  # noqa: E402
 
 STUDY = ROOT / "recipes" / "studies" / "mnist1d.yaml"
 TIMED = ("time", "latency", "speedup", "_ms")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": baselines,
     }
     name = "parallel-smoke" if args.smoke else "parallel"
-    print(f"wrote {write_result(name, result)}")
+    write_payload(result, result_path(name))
     ok = all(b["same_runs"] and b["same_metric_names"] for b in baselines)
     return 0 if ok else 1
 

@@ -24,7 +24,6 @@ Writes ``bench/results/q_post.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/q_post.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, study_parser, write_result  # noqa: E402
+from bench.common import RESULTS, result_path, study_parser, write_payload  # noqa: E402
 from bench.robustness import cell, collect, column, load, run, stats, value  # noqa: E402
 
 STUDY = ROOT / "bench" / "studies" / "q-post.yaml"
@@ -233,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "cram_plus_sparsegpt": verdicts,
         "tables_markdown": text,
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    else:
-        print(f"wrote {write_result('q_post-smoke' if args.smoke else 'q_post', payload)}")
+    write_payload(payload, args.json or result_path("q_post-smoke" if args.smoke else "q_post"))
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,12 @@ from compressor.plugin_api import (
 from compressor_plugins.channel.operator import Channel
 from compressor_plugins.prune.magnitude import Magnitude
 from compressor_plugins.zoo.resnet import ResNetCIFAR
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/realised.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import write_payload  # noqa: E402  (after the path fix)
 
 RESULTS = Path(__file__).parent / "results"
 BARS = {1: 1.7, 64: 1.5}
@@ -213,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.smoke, args.threads, repeats)
     print(table(result))
     out = args.out or RESULTS / ("realised-smoke.json" if args.smoke else "realised.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_payload(result, out, with_machine=False)
     return 0
 
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/robustness.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, study_parser, write_result  # noqa: E402
+from bench.common import RESULTS, result_path, study_parser, write_payload  # noqa: E402
 
 STUDY = ROOT / "bench" / "studies" / "q-protocol.yaml"
 DEFAULT_OUT = "bench/results/q-protocol"  # as written in the study file's init_from
@@ -477,9 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         text, sweep = sweep_table(runs)
         print(text)
         print(f"chosen: {sweep['chosen']}")
-        path = args.json or RESULTS / "cram-sweep.json"
-        path.write_text(json.dumps({"machine": machine(), **sweep}, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_payload(sweep, args.json or result_path("cram-sweep"))
         return 0
     table_text, data = tables(runs)
     bar_text, bar_results = bars(runs)
@@ -498,12 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "bars": bar_results,
         "tables_markdown": table_text + "\n" + bar_text,
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    else:
-        print(f"wrote {write_result(name, payload)}")
+    write_payload(payload, args.json or result_path(name))
     return 0
 
 

@@ -13,7 +13,6 @@ the sparse kernel is not faster. Without a capable GPU it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/semi_structured.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import write_payload  # noqa: E402
+
 NO_SPEEDUP = 1.05  # below this ratio a sparse kernel is reported as "no speed-up"
 
 
@@ -183,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {k: export_report[k] for k in ("converted", "skipped")},
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_payload(result, args.out, with_machine=False)
     return 0
 
 

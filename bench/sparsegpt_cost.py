@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import re
 import sys
@@ -47,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.common import RESULTS, machine, summary
+from bench.common import RESULTS, machine, summary, write_payload
 from compressor.host.manager import load_plugins
 from compressor.plugin_api import select_targets
 from compressor_plugins.posttrain.sparsegpt import sparsegpt_layer
@@ -320,9 +319,7 @@ def main() -> None:
     output = args.output or RESULTS / (
         "sparsegpt_cost-smoke.json" if args.smoke else "sparsegpt_cost.json"
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_payload(report, output, with_machine=False)
 
 
 if __name__ == "__main__":
