@@ -128,3 +128,99 @@ def reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, x: torch.Te
     """``||W·X − Ŵ·X||²`` with ``x`` ``[tokens, in]``."""
     diff = (weight.detach().double() - pruned.detach().double()).t()
     return float(((x.detach().double() @ diff) ** 2).sum())
+
+
+def layer_by_layer(
+    operator: Any, weights: dict[str, torch.Tensor], sparsity: float
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The layer-by-layer sequential driver as it was before the block pipeline (a frozen
+    copy): for every target, in execution order, a forward of the whole model from its input,
+    stopped after the target's pre-hook, with the earlier targets already compressed."""
+    import contextlib
+
+    from compressor_plugins.posttrain.calibration import (
+        LayerStatistics,
+        calibration_mode,
+        from_gemm,
+        gemm_view,
+        layer_columns,
+        split_inputs,
+    )
+
+    class Stop(Exception):
+        pass
+
+    def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+
+    model = operator.model
+    inputs = operator.calibration_inputs()
+    levels = operator.layer_sparsities(weights, sparsity)
+    results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with calibration_mode(model, operator.config.calibration.bn):
+        calls: dict[int, int] = {}
+        first: list[int] = []
+
+        def probe(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if id(module) not in calls:
+                first.append(id(module))
+                calls[id(module)] = 0
+            calls[id(module)] += 1
+
+        handles = [t.module.register_forward_pre_hook(probe) for t in operator.targets]
+        operator.forward(model, split_inputs(inputs[0], 2)[0])
+        for handle in handles:
+            handle.remove()
+        rank = {key: i for i, key in enumerate(first)}
+        order = sorted(
+            (t for t in operator.targets if t.name in weights), key=lambda t: rank[id(t.module)]
+        )
+        saved = {t.name: t.param.detach().clone() for t in order}
+        try:
+            for target in order:
+                target.param.copy_(weights[target.name])
+            for target in order:
+                stored = target.param.detach()
+                if operator.layer_skipped(target):
+                    results[target.name] = (
+                        stored.clone(),
+                        torch.ones_like(stored, dtype=torch.bool),
+                    )
+                    continue
+                oriented = operator.out_in(target.name, stored)
+                dtype = operator.compute_dtype(stored)
+                stats = LayerStatistics(operator.STATISTIC, dtype)
+                once = calls[id(target.module)] == 1
+
+                def capture(
+                    module: nn.Module,
+                    args: tuple[Any, ...],
+                    kwargs: dict[str, Any],
+                    target: Any = target,
+                    stats: Any = stats,
+                    once: bool = once,
+                ) -> None:
+                    stats.add(layer_columns(target, first_tensor(args, kwargs)))
+                    if once:
+                        raise Stop
+
+                handle = target.module.register_forward_pre_hook(capture, with_kwargs=True)
+                try:
+                    for batch in inputs:
+                        with contextlib.suppress(Stop):
+                            operator.forward(model, batch)
+                finally:
+                    handle.remove()
+                value2d, mask2d = operator.compress_layer(
+                    target, gemm_view(oriented).to(dtype, copy=True), stats, levels[target.name]
+                )
+                value = operator.out_in(
+                    target.name, from_gemm(value2d.to(stored.dtype), oriented)
+                ).contiguous()
+                mask = operator.out_in(target.name, from_gemm(mask2d, oriented)).contiguous()
+                results[target.name] = (value, mask)
+                target.param.copy_(value)
+        finally:
+            for target in order:
+                target.param.copy_(saved[target.name])
+    return results
