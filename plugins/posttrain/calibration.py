@@ -70,6 +70,17 @@ from compressor.plugin_api import (
     to_group_layout,
     topk_masks,
 )
+from compressor_plugins.posttrain.pipeline import (
+    Group,
+    Offload,
+    Plan,
+    Sequential,
+    Sink,
+    find_blocks,
+    no_kv_cache,
+    plan,
+    run_pipeline,
+)
 
 __all__ = [
     "CalibrationConfig",
@@ -95,6 +106,19 @@ class CalibrationConfig(TypeConfig):
         "batch",
         description="BatchNorm during calibration: each batch's statistics (running ones "
         "untouched) or the running statistics",
+    )
+    sequential: Sequential = Field(
+        "exact",
+        description="exact: each group of a block calibrated after the earlier ones are "
+        "compressed (the layer-by-layer result); block: one calibration pass per block",
+    )
+    sequential_targets: list[str] | None = Field(
+        None,
+        description="the repeated blocks: class names or module-name globs (default: the "
+        "model's _no_split_modules)",
+    )
+    offload: Offload = Field(
+        "none", description="cpu: cached activations on the CPU, one block at a time on CUDA"
     )
 
 
@@ -261,17 +285,6 @@ def calibration_mode(model: nn.Module, bn: str) -> Iterator[None]:
             module.training = flag
 
 
-class _Captured(Exception):
-    """Raised by the calibration hook to stop a forward pass once the layer's input is read."""
-
-
-def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value
-    raise CompressorError("calibration: a target layer was called without a tensor input")
-
-
 def has_data(context: CompressionContext) -> bool:
     """Whether ``context`` can give calibration batches (nothing is read to find out)."""
     source = getattr(context, "calibration_batches", None)
@@ -307,7 +320,7 @@ class DataAwareOperator(Operator):
         self._explicit: list[Any] | None = None
         self._forward: Callable[[nn.Module, Any], Any] | None = None
         self._inputs: list[Any] | None = None
-        self._order: list[tuple[Target, int]] | None = None
+        self._plan: Plan | None = None
 
     # -- binding and data ----------------------------------------------------------------------
 
@@ -319,7 +332,7 @@ class DataAwareOperator(Operator):
             check_layer(target, str(self.config.kind))
         super().bind(model, targets, context)
         self.model, self.context = model, context
-        self._order = None
+        self._plan = None
         if context is not None and self._explicit is None and not has_data(context):
             raise ConfigError(
                 f"{self.config.kind} compresses from calibration data, and this context has "
@@ -415,57 +428,23 @@ class DataAwareOperator(Operator):
     def compute_dtype(self, weight: torch.Tensor) -> torch.dtype:
         return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
-    def _execution_order(self, model: nn.Module, inputs: list[Any]) -> list[tuple[Target, int]]:
-        """Targets in the order their modules are first called, with calls per forward."""
-        if self._order is not None:
-            return self._order
-        calls: dict[int, int] = {}
-        first: list[int] = []
-        modules = {id(t.module): t.module for t in self.targets}
-
-        def probe(module: nn.Module, args: tuple[Any, ...]) -> None:
-            key = id(module)
-            if key not in calls:
-                first.append(key)
-                calls[key] = 0
-            calls[key] += 1
-
-        handles = [m.register_forward_pre_hook(probe) for m in modules.values()]
-        try:  # two samples suffice to see the order (one would break BN on batch statistics)
-            self.forward(model, split_inputs(inputs[0], 2)[0])
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [t.name for t in self.targets if id(t.module) not in calls]
+    def probe(self, model: nn.Module, inputs: list[Any]) -> Plan:
+        """The probe pass (two samples): execution order, shared inputs, blocks."""
+        if self._plan is not None:
+            return self._plan
+        c: CalibrationConfig = self.config.calibration
+        blocks = find_blocks(model, c.sequential_targets)
+        probe = split_inputs(inputs[0], 2)[0]  # one sample would break BN on batch statistics
+        found = plan(model, self.targets, blocks, lambda: self.forward(model, probe))
+        reached = {id(t.module) for t in found.order}
+        missing = [t.name for t in self.targets if id(t.module) not in reached]
         if missing:
             raise CompressorError(
                 f"{self.config.kind}: the model's forward never calls the layer(s) of "
                 f"{', '.join(missing)}, so they have no calibration inputs; exclude them"
             )
-        rank = {key: i for i, key in enumerate(first)}
-        ordered = sorted(self.targets, key=lambda t: rank[id(t.module)])
-        self._order = [(t, calls[id(t.module)]) for t in ordered]
-        return self._order
-
-    def statistics(
-        self, model: nn.Module, target: Target, calls: int, inputs: list[Any], dtype: torch.dtype
-    ) -> LayerStatistics:
-        """The layer's input statistics over all calibration batches (one layer's memory)."""
-        stats = LayerStatistics(self.STATISTIC, dtype)
-
-        def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            stats.add(layer_columns(target, _first_input(args, kwargs)))
-            if calls == 1:
-                raise _Captured
-
-        handle = target.module.register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            for batch in inputs:
-                with contextlib.suppress(_Captured):
-                    self.forward(model, batch)
-        finally:
-            handle.remove()
-        return stats
+        self._plan = found
+        return found
 
     def compress(
         self, weights: dict[str, torch.Tensor], sparsity: float
@@ -486,34 +465,60 @@ class DataAwareOperator(Operator):
         inputs = self.calibration_inputs()
         levels = self.layer_sparsities(weights, sparsity)
         results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        with calibration_mode(model, self.config.calibration.bn):
-            order = [(t, n) for t, n in self._execution_order(model, inputs) if t.name in weights]
-            saved = {t.name: t.param.detach().clone() for t, _ in order}
+        c: CalibrationConfig = self.config.calibration
+        stats: dict[int, LayerStatistics] = {}
+
+        def open_group(group: Group) -> Sink:
+            first = group.members[0]
+            shared = LayerStatistics(self.STATISTIC, self.compute_dtype(first.param))
+            stats[id(group)] = shared
+            return lambda x: shared.add(layer_columns(first, x))
+
+        def close_group(group: Group) -> None:
+            shared = stats.pop(id(group))
+            for target in group.members:
+                stored = target.param.detach()
+                oriented = self.out_in(target.name, stored)
+                dtype = self.compute_dtype(stored)
+                value2d, mask2d = self.compress_layer(
+                    target, gemm_view(oriented).to(dtype, copy=True), shared, levels[target.name]
+                )
+                value = self.out_in(target.name, from_gemm(value2d.to(stored.dtype), oriented))
+                mask = self.out_in(target.name, from_gemm(mask2d, oriented))
+                home = weights[target.name].device
+                results[target.name] = (value.contiguous().to(home), mask.contiguous().to(home))
+                target.param.copy_(value)
+
+        with calibration_mode(model, c.bn), no_kv_cache(model):
+            found = self.probe(model, inputs)
+            order = [t for t in found.order if t.name in weights]
+            saved = {t.name: t.param.detach().clone() for t in order}
             try:
-                for target, _ in order:
+                for target in order:
                     target.param.copy_(weights[target.name])
-                for target, calls in order:
-                    stored = target.param.detach()
+                active = []
+                for target in order:
                     if self.layer_skipped(target):
+                        stored = target.param.detach()
                         results[target.name] = (
                             stored.clone(),
                             torch.ones_like(stored, dtype=torch.bool),
                         )
-                        continue
-                    oriented = self.out_in(target.name, stored)
-                    dtype = self.compute_dtype(stored)
-                    stats = self.statistics(model, target, calls, inputs, dtype)
-                    value2d, mask2d = self.compress_layer(
-                        target, gemm_view(oriented).to(dtype, copy=True), stats, levels[target.name]
-                    )
-                    del stats
-                    value = self.out_in(
-                        target.name, from_gemm(value2d.to(stored.dtype), oriented)
-                    ).contiguous()
-                    mask = self.out_in(target.name, from_gemm(mask2d, oriented)).contiguous()
-                    results[target.name] = (value, mask)
-                    target.param.copy_(value)
+                    else:
+                        active.append(target)
+                groups = found.groups(active)
+                run_pipeline(
+                    model,
+                    found,
+                    groups,
+                    inputs,
+                    self.forward,
+                    open_group,
+                    close_group,
+                    sequential=c.sequential,
+                    offload=c.offload,
+                )
             finally:
-                for target, _ in order:
+                for target in order:
                     target.param.copy_(saved[target.name])
-        return results
+        return {name: results[name] for name in weights if name in results}

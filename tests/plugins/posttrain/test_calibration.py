@@ -93,7 +93,7 @@ def test_layers_are_compressed_in_execution_order() -> None:
     model = Reversed()
     x = torch.randn(30, 4)
     operator = bound({"kind": "wanda"}, model, [x])
-    order = [t.name for t, _ in operator._execution_order(model, [x])]  # type: ignore[attr-defined]
+    order = [t.name for t in operator.probe(model, [x]).order]  # type: ignore[attr-defined]
     assert order == ["b.weight", "a.weight"]
     masks = operator.masks(weights_of(operator), 0.6)
     with torch.no_grad():

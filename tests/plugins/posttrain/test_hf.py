@@ -43,7 +43,7 @@ def test_gpt2_compresses_in_its_own_layout(plugins: Plugins, config: dict) -> No
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     operator = bound(config, model, batches())
-    order = [t.name for t, _ in operator._execution_order(model, batches())]  # type: ignore[attr-defined]
+    order = [t.name for t in operator.probe(model, batches()).order]  # type: ignore[attr-defined]
     assert order[0] == "transformer.h.0.attn.c_attn.weight"
     assert order[-1] == "transformer.wte.weight"  # the tied lm_head runs last
     level = operator.fixed_sparsity() if operator.fixed_sparsity() is not None else 0.5

@@ -17,7 +17,6 @@ transformers = pytest.importorskip(
     "transformers", reason="the hf extra (transformers) is not installed"
 )
 torch.set_num_threads(1)
-SEQUENTIAL = False
 
 CONFIGS = [
     {"kind": "wanda"},
@@ -81,7 +80,7 @@ def test_exact_mode_equals_the_layer_by_layer_driver(config: dict[str, Any], mod
             config = {"kind": "gptq", "bits": 4}
     else:
         net, inputs = (llama() if model == "llama" else gpt2()), token_batches()
-    config = {**config, "calibration": {"sequential": "exact"}} if SEQUENTIAL else config
+    config = {**config, "calibration": {"sequential": "exact"}}
     include = ["*"] if model == "gpt2" else []  # the tied head too: outside the blocks
     operator = bound(config, net, inputs, include=include)
     weights = {k: v.detach().clone() for k, v in weights_of(operator).items()}
@@ -91,3 +90,98 @@ def test_exact_mode_equals_the_layer_by_layer_driver(config: dict[str, Any], mod
     new = operator.compress(weights, level(operator))  # type: ignore[attr-defined]
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert_same(new, old)
+
+
+def block_forwards(layers: int, sequential: str) -> int:
+    net = llama(layers)
+    count = [0]
+    for block in net.model.layers:
+        block.register_forward_pre_hook(lambda m, a: count.__setitem__(0, count[0] + 1))
+    config = {"kind": "sparsegpt", "calibration": {"sequential": sequential}}
+    operator = bound(config, net, token_batches())
+    operator.project(weights_of(operator), 0.5)
+    return count[0]
+
+
+@pytest.mark.parametrize("sequential", ["exact", "block"])
+def test_block_forwards_grow_linearly_with_depth(sequential: str) -> None:
+    counts = [block_forwards(n, sequential) for n in (2, 4, 6)]
+    assert counts[2] - counts[1] == counts[1] - counts[0]  # constant per block
+    # per block and batch (3 batches): exact runs (4 groups + 1 propagating) forwards, block 2;
+    # the probe runs each block once, and the LM head's 3 model forwards each once
+    per_block = 3 * (5 if sequential == "exact" else 2) + 1 + 3
+    assert counts[1] - counts[0] == 2 * per_block
+
+
+def test_layers_reading_one_input_share_one_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compressor_plugins.posttrain import calibration
+
+    made: list[int] = []
+    original = calibration.LayerStatistics.__init__
+
+    def init(self: Any, *args: Any) -> None:
+        original(self, *args)
+        made.append(1)
+
+    monkeypatch.setattr(calibration.LayerStatistics, "__init__", init)
+    operator = bound({"kind": "wanda"}, llama(2), token_batches())
+    groups = operator.probe(operator.model, operator.calibration_inputs()).groups(operator.targets)  # type: ignore[attr-defined]
+    names = [[t.name.split(".", 2)[-1] for t in g.members] for g in groups[:4]]
+    assert names == [
+        ["0.self_attn.q_proj.weight", "0.self_attn.k_proj.weight", "0.self_attn.v_proj.weight"],
+        ["0.self_attn.o_proj.weight"],
+        ["0.mlp.gate_proj.weight", "0.mlp.up_proj.weight"],
+        ["0.mlp.down_proj.weight"],
+    ]
+    operator.masks(weights_of(operator), 0.5)
+    assert len(made) == len(groups) == 9  # 4 per block and the LM head
+
+
+def test_block_mode_calibrates_a_block_on_its_dense_weights() -> None:
+    net = llama(1)
+    inputs = token_batches()
+    norms: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+
+            def hook(m: nn.Module, a: tuple[Any, ...], name: str = name) -> None:
+                x = a[0].detach().reshape(-1, a[0].shape[-1]).double()
+                norms[name] = norms.get(name, 0) + x.square().sum(0)
+
+            handles.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for batch in inputs:
+            net(**batch)
+    for handle in handles:
+        handle.remove()
+    config = {"kind": "wanda", "calibration": {"sequential": "block"}}
+    operator = bound(config, net, inputs, include=["model.layers.*"])
+    masks = operator.masks(weights_of(operator), 0.5)
+    exact = bound({"kind": "wanda"}, net, inputs, include=["model.layers.*"])
+    sequential = exact.masks(weights_of(exact), 0.5)
+    for target in operator.targets:
+        w = target.param.detach().double()
+        scores = w.abs() * norms[target.module_name].sqrt()[None, :]
+        order = torch.argsort(scores, dim=1, descending=True, stable=True)
+        expected = torch.zeros_like(w, dtype=torch.bool).scatter_(
+            1, order[:, : w.shape[1] // 2], True
+        )
+        assert torch.equal(masks[target.name], expected), target.name
+    assert any(not torch.equal(masks[n], sequential[n]) for n in masks)  # the test can tell
+
+
+@pytest.mark.parametrize("offload", ["cpu"])
+def test_offload_gives_the_same_weights(offload: str) -> None:
+    results = []
+    for setting in ("none", offload):
+        net = llama(2)
+        config = {"kind": "sparsegpt", "calibration": {"offload": setting}}
+        operator = bound(config, net, token_batches())
+        results.append(operator.compress(weights_of(operator), 0.5))  # type: ignore[attr-defined]
+    for name, (value, _) in results[0].items():
+        assert value.device == results[1][name][0].device == torch.device("cpu")
+        if not torch.cuda.is_available():  # on CPU offloading moves nothing: bit for bit
+            assert torch.equal(value, results[1][name][0])
+        else:
+            assert torch.allclose(value, results[1][name][0], atol=1e-4)
