@@ -165,7 +165,7 @@ def run_layer(in_features: int, out_features: int, args: argparse.Namespace) -> 
 
     def ours() -> torch.Tensor:
         operator._inputs = None  # draw and split the calibration set again, as a new operator
-        operator._order = None
+        operator._plan = None
         (value,) = operator.project(weights, args.sparsity).values()
         return value
 

@@ -254,3 +254,18 @@ def test_step_cost_optimizer_only_feeds_the_fixed_gradients() -> None:
     result = json.loads((ROOT / "bench" / "results" / "step_cost-optimizer-smoke.json").read_text())
     assert result["optimizer_only"] is True
     assert all(row["optimizer_only"] for row in result["results"])
+
+
+def test_llm_depth_smoke(tmp_path: Path) -> None:
+    """Every method in both modes is timed at N and 2N blocks, with the ratio."""
+    pytest.importorskip("transformers")
+    output = tmp_path / "llm_depth-smoke.json"
+    stdout = run_smoke("llm_depth", "--output", str(output))
+    assert "| method | sequential |" in stdout
+    data = json.loads(output.read_text())
+    assert data["smoke"] is True
+    assert {(r["method"], r["sequential"]) for r in data["results"]} == {
+        (m, s) for m in ("sparsegpt 0.5", "gptq int4 g128", "wanda 0.5") for s in ("block", "exact")
+    }
+    for row in data["results"]:
+        assert row["ratio"] == row["time_s"]["2N"]["median"] / row["time_s"]["N"]["median"]
