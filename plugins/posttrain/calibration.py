@@ -70,6 +70,7 @@ from compressor.plugin_api import (
     to_group_layout,
     topk_masks,
 )
+from compressor_plugins.posttrain.owl import outlier_ratio, owl_levels
 from compressor_plugins.posttrain.pipeline import (
     Group,
     Offload,
@@ -423,6 +424,41 @@ class DataAwareOperator(Operator):
             for name, mask in zip(weights, kept, strict=True)
         }
 
+    def owl_sparsities(
+        self, model: nn.Module, found: Plan, groups: list[Group], inputs: list[Any], sparsity: float
+    ) -> dict[str, float]:
+        """``scope: owl`` (:mod:`.owl`): one dense pass gives each unit's outlier ratio."""
+        owl = self.config.owl
+        scores: dict[Any, list[torch.Tensor]] = {}
+        stats: dict[int, LayerStatistics] = {}
+
+        def open_group(group: Group) -> Sink:
+            first = group.members[0]
+            shared = LayerStatistics("norms", self.compute_dtype(first.param))
+            stats[id(group)] = shared
+            return lambda x: shared.add(layer_columns(first, x))
+
+        def close_group(group: Group) -> None:
+            shared = stats.pop(id(group))
+            assert shared.value is not None
+            unit = group.block if group.block is not None else ("layer", id(group))
+            for target in group.members:
+                weight = gemm_view(self.out_in(target.name, target.param.detach()))
+                norms = shared.value.sqrt().to(weight.dtype)
+                scores.setdefault(unit, []).append(weight.abs() * norms[None, :])
+
+        run_pipeline(
+            model, found, groups, inputs, self.forward, open_group, close_group,
+            sequential="block", offload=self.config.calibration.offload,
+        )  # fmt: skip
+        ratios = {unit: outlier_ratio(values, owl.M) for unit, values in scores.items()}
+        per_unit = owl_levels(ratios, sparsity, owl.lam)
+        return {
+            t.name: per_unit[g.block if g.block is not None else ("layer", id(g))]
+            for g in groups
+            for t in g.members
+        }
+
     # -- the sequential driver ---------------------------------------------------------------
 
     def compute_dtype(self, weight: torch.Tensor) -> torch.dtype:
@@ -463,7 +499,7 @@ class DataAwareOperator(Operator):
                 f"{', '.join(unknown)}"
             )
         inputs = self.calibration_inputs()
-        levels = self.layer_sparsities(weights, sparsity)
+        levels: dict[str, float] = {}
         results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         c: CalibrationConfig = self.config.calibration
         stats: dict[int, LayerStatistics] = {}
@@ -507,6 +543,10 @@ class DataAwareOperator(Operator):
                     else:
                         active.append(target)
                 groups = found.groups(active)
+                if getattr(self.config, "scope", "layer") == "owl":
+                    levels.update(self.owl_sparsities(model, found, groups, inputs, sparsity))
+                else:
+                    levels.update(self.layer_sparsities(weights, sparsity))
                 run_pipeline(
                     model,
                     found,

@@ -31,8 +31,8 @@ def nm_label(value: tuple[int, int]) -> str:
 
 def check_scope(nm: tuple[int, int] | None, scope: str) -> None:
     """An N:M pattern fixes every layer's sparsity: a global allocation cannot apply."""
-    if nm is not None and scope == "global":
-        raise ValueError("scope: global allocates unstructured sparsity; drop it for nm")
+    if nm is not None and scope in ("global", "owl"):
+        raise ValueError(f"scope: {scope} allocates unstructured sparsity; drop it for nm")
 
 
 class PatternPruner(DataAwareOperator):
@@ -56,7 +56,7 @@ class PatternPruner(DataAwareOperator):
     def label(self, sparsity: float | None) -> str:
         if self.config.nm is not None:
             return f"{self.NAME} {nm_label(self.config.nm)}"
-        scope = " global" if self.config.scope == "global" else ""
+        scope = "" if self.config.scope == "layer" else f" {self.config.scope}"
         return f"{self.NAME}{scope} {self.target(sparsity):g}"
 
     def compressed(

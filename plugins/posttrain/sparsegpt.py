@@ -17,6 +17,7 @@ earlier columns' updates left them:
 Allocation: ``scope: layer`` (default, the paper's) prunes every layer to ``s``;
 ``scope: global`` gives each layer the sparsity one global magnitude threshold over all targets
 would (magnitude's allocation), then solves each layer at that sparsity.
+``scope: owl`` gives every block the sparsity its outlier ratio earns (:mod:`.owl`).
 
 Then column by column: pruned entries become exactly zero, the error ``(w_j − ŵ_j)/U_jj`` updates
 the block's later columns through ``U[j, j+1:]``, and after the block all later columns get the
@@ -38,6 +39,7 @@ from compressor_plugins.posttrain.calibration import (
     LayerStatistics,
 )
 from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
+from compressor_plugins.posttrain.owl import OwlConfig
 from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
 from compressor_plugins.posttrain.wanda import group_keep
 
@@ -119,11 +121,12 @@ class SparseGPT(PatternPruner):
         nm: tuple[int, int] | None = Field(
             None, description="[N, M]: keep N of every M consecutive inputs instead"
         )
-        scope: Literal["layer", "global"] = Field(
+        scope: Literal["layer", "global", "owl"] = Field(
             "layer",
-            description="each layer at the target sparsity (layer), or per-layer targets "
-            "from one global magnitude threshold (global)",
+            description="each layer at the target sparsity (layer), per-layer targets from "
+            "one global magnitude threshold (global), or per block from its outliers (owl)",
         )
+        owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
         block_size: int = Field(128, gt=0, description="columns per lazy-update block (B)")
         damp: float = Field(0.01, gt=0, description="λ = damp · mean(diag H)")
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)

@@ -12,7 +12,8 @@ of M is skipped with one warning and stays dense, as with the ``nm`` operator.
 Allocation: ``scope: layer`` (default, the paper's) prunes every layer to ``s``;
 ``scope: global`` gives each layer the sparsity one global magnitude threshold over all targets
 would (magnitude's allocation, the one ``magnitude`` with ``scope: global`` and CrAM use), then
-chooses within each layer by Wanda's score.
+chooses within each layer by Wanda's score. ``scope: owl`` gives every block the sparsity its
+outlier ratio earns (:mod:`.owl`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     LayerStatistics,
 )
+from compressor_plugins.posttrain.owl import OwlConfig
 from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
 
 __all__ = ["Wanda", "group_keep", "row_keep"]
@@ -62,11 +64,12 @@ class Wanda(PatternPruner):
         nm: tuple[int, int] | None = Field(
             None, description="[N, M]: keep N of every M consecutive inputs instead"
         )
-        scope: Literal["layer", "global"] = Field(
+        scope: Literal["layer", "global", "owl"] = Field(
             "layer",
-            description="each layer at the target sparsity (layer), or per-layer targets "
-            "from one global magnitude threshold (global)",
+            description="each layer at the target sparsity (layer), per-layer targets from "
+            "one global magnitude threshold (global), or per block from its outliers (owl)",
         )
+        owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
         @field_validator("nm")
