@@ -29,7 +29,9 @@ def test_owl_levels_by_hand() -> None:
     assert levels == pytest.approx({0: 0.7, 1: 0.5, 2: 0.6}, abs=1e-12)
     assert sum(levels.values()) / 3 == pytest.approx(0.6)
     assert owl_levels({0: 0.2, 1: 0.2}, 0.5, 0.08) == {0: 0.5, 1: 0.5}  # equal ratios
-    assert owl_levels({0: 0.0, 1: 1.0}, 0.95, 0.5) == pytest.approx({0: 1.0, 1: 0.45})  # 1.45 clipped
+    assert owl_levels({0: 0.0, 1: 1.0}, 0.95, 0.5) == pytest.approx(
+        {0: 1.0, 1: 0.45}
+    )  # 1.45 clipped
 
 
 def test_the_config_takes_m_and_lambda_and_refuses_nm() -> None:

@@ -82,7 +82,7 @@ def test_exact_mode_equals_the_layer_by_layer_driver(config: dict[str, Any], mod
         net, inputs = (llama() if model == "llama" else gpt2()), token_batches()
     config = {**config, "calibration": {"sequential": "exact"}}
     include = ["*"] if model == "gpt2" else []  # the tied head too: outside the blocks
-    operator = bound(config, net, inputs, include=include)
+    operator = bound({**config, "include": include}, net, inputs, include=include)
     weights = {k: v.detach().clone() for k, v in weights_of(operator).items()}
     before = {k: v.clone() for k, v in net.state_dict().items()}
     old = layer_by_layer(operator, weights, level(operator))
@@ -108,8 +108,8 @@ def test_block_forwards_grow_linearly_with_depth(sequential: str) -> None:
     counts = [block_forwards(n, sequential) for n in (2, 4, 6)]
     assert counts[2] - counts[1] == counts[1] - counts[0]  # constant per block
     # per block and batch (3 batches): exact runs (4 groups + 1 propagating) forwards, block 2;
-    # the probe runs each block once, and the LM head's 3 model forwards each once
-    per_block = 3 * (5 if sequential == "exact" else 2) + 1 + 3
+    # the probe runs each block once (the LM head stays dense: no model forwards for it)
+    per_block = 3 * (5 if sequential == "exact" else 2) + 1
     assert counts[1] - counts[0] == 2 * per_block
 
 
@@ -124,7 +124,8 @@ def test_layers_reading_one_input_share_one_statistic(monkeypatch: pytest.Monkey
         made.append(1)
 
     monkeypatch.setattr(calibration.LayerStatistics, "__init__", init)
-    operator = bound({"kind": "wanda"}, llama(2), token_batches())
+    config = {"kind": "wanda", "include": ["model.*", "lm_head.weight"]}
+    operator = bound(config, llama(2), token_batches(), include=config["include"])
     groups = operator.probe(operator.model, operator.calibration_inputs()).groups(operator.targets)  # type: ignore[attr-defined]
     names = [[t.name.split(".", 2)[-1] for t in g.members] for g in groups[:4]]
     assert names == [
@@ -185,3 +186,15 @@ def test_offload_gives_the_same_weights(offload: str) -> None:
             assert torch.equal(value, results[1][name][0])
         else:
             assert torch.allclose(value, results[1][name][0], atol=1e-4)
+
+
+def test_the_lm_head_stays_dense_unless_named() -> None:
+    net = llama(1)
+    default = bound({"kind": "sparsegpt"}, net, token_batches())
+    names = {t.name for t in default.targets}
+    assert "lm_head.weight" not in names and len(names) == 7
+    head = {"kind": "sparsegpt", "include": ["lm_head.weight"]}
+    named = bound(head, net, token_batches(), include=head["include"])
+    assert [t.name for t in named.targets] == ["lm_head.weight"]
+    tied = bound({"kind": "wanda"}, gpt2(), token_batches())  # a head tied to the embedding
+    assert "transformer.wte.weight" not in {t.name for t in tied.targets}
