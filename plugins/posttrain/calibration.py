@@ -1,4 +1,4 @@
-"""Calibration for data-aware one-shot operators (METHODS.md §10): layer inputs, in model order.
+"""Calibration for data-aware one-shot operators (METHODS.md §10): statistics of layer inputs.
 
 A data-aware operator (Wanda, SparseGPT, GPTQ) needs, for every layer it compresses, statistics
 of that layer's inputs ``X`` (columns = tokens/positions × samples): per-feature squared norms
@@ -9,17 +9,15 @@ for Wanda, ``H = 2·X·Xᵀ`` for the OBS solvers. :class:`DataAwareOperator` ge
   samples)``: one batch holding the whole subset, evaluation transforms, on the model's device)
   and split into forward passes of ``calibration.batch_size``. The inputs (not activations) are
   kept on the operator and reused for every layer and every later call.
-* **Model order.** One probe forward pass (on two samples) records the order in which the
-  target modules are first called (execution order, not registration order) and how often
-  each is called per forward.
-* **Sequential mode.** Layers are compressed one at a time in that order. A forward pre-hook on
-  the current layer turns its input into GEMM columns and adds them to the layer's statistics,
-  batch by batch, so only one layer's statistics exist at a time (memory: ``cols²`` for a
-  Hessian, never the activations). The forward stops right after the hook (a layer called once
-  per forward needs nothing after it). The compressed weights of the layers before it are
-  written into the bound model first, so each layer sees the outputs of the already compressed
-  ones (SparseGPT's sequential mode). When all are done, every weight is restored exactly:
-  operators return tensors, they never change the model.
+* **Order and passes** (:mod:`.pipeline`). A probe pass (two samples) records execution
+  order, which layers read the same input (one shared statistic), and the model's repeated
+  blocks; then the block-by-block pipeline calibrates and compresses group by group
+  (``calibration.sequential: exact``, the layer-by-layer result) or block by block
+  (``block``), each group's forward pre-hook turning its input into GEMM columns added to its
+  statistics batch by batch. The weights being compressed are written into the bound model
+  first, and each compressed group's afterwards, so later layers see the outputs of the
+  already compressed ones (SparseGPT's sequential mode). When all are done, every weight is
+  restored exactly: operators return tensors, they never change the model.
 * **Modes.** Calibration runs under ``no_grad`` with the model in eval mode, except that with
   ``calibration.bn: batch`` (the default) BatchNorm layers normalise with each calibration
   batch's own statistics, running statistics untouched (``freeze_bn_stats``). After one-shot
