@@ -411,17 +411,28 @@ class DataAwareOperator(Operator):
         return target.name in self.skipped
 
     def warn_skipped(self, targets: Sequence[Target], group: int, pattern: str) -> None:
-        """Record (and warn once about) targets whose GEMM inputs cannot form groups."""
+        """Targets whose GEMM inputs do not form whole groups of ``group``, by the config's
+        ``partial_groups``: ``skip`` (record them, warn once; they stay dense), ``error`` (a
+        ConfigError naming them), ``partial`` (GPTQ: a smaller last group; nothing to do)."""
+        policy = getattr(self.config, "partial_groups", "skip")
         inputs = {t.name: int(self.out_in(t.name, t.param).shape[1]) for t in targets}
-        self.skipped = [t.name for t in targets if inputs[t.name] % group]
-        if self.skipped:
-            described = ", ".join(f"{name} (input dim {inputs[name]})" for name in self.skipped)
-            warnings.warn(
-                f"{self.config.kind} {pattern} skips {len(self.skipped)} tensor(s) whose input "
-                f"dimension is not a multiple of {group} (they stay dense): {described}",
-                NMSkippedWarning,
-                stacklevel=3,
+        bad = [t.name for t in targets if inputs[t.name] % group]
+        self.skipped = bad if policy == "skip" else []
+        if not bad or policy == "partial":
+            return
+        described = ", ".join(f"{name} (input dim {inputs[name]})" for name in bad)
+        if policy == "error":
+            raise ConfigError(
+                f"{self.config.kind} {pattern} needs input dimensions that are multiples of "
+                f"{group}; not: {described} (exclude them, or partial_groups: skip)",
+                ("partial_groups",),
             )
+        warnings.warn(
+            f"{self.config.kind} {pattern} skips {len(bad)} tensor(s) whose input "
+            f"dimension is not a multiple of {group} (they stay dense): {described}",
+            NMSkippedWarning,
+            stacklevel=3,
+        )
 
     def layer_sparsities(
         self, weights: dict[str, torch.Tensor], sparsity: float

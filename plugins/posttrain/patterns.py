@@ -47,7 +47,7 @@ class PatternPruner(DataAwareOperator):
     ) -> None:
         super().bind(model, targets, context)
         if self.config.nm is not None:
-            self.warn_skipped(targets, self.config.nm[1], nm_label(self.config.nm))
+            self.warn_skipped(self.targets, self.config.nm[1], nm_label(self.config.nm))
 
     def fixed_sparsity(self) -> float | None:
         nm = self.config.nm

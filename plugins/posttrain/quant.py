@@ -34,8 +34,9 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
-from compressor.plugin_api import Operator, OperatorConfig, Target, hookimpl
+from compressor.plugin_api import CompressionContext, Operator, OperatorConfig, Target, hookimpl
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     DataAwareOperator,
@@ -216,9 +217,22 @@ class GPTQ(DataAwareOperator):
         group_size: int | None = GroupSize
         block_size: int = Field(128, gt=0, description="columns per lazy-update block")
         damp: float = Field(0.01, gt=0, description="λ = damp · mean(diag H)")
+        partial_groups: Literal["partial", "skip", "error"] = Field(
+            "partial",
+            description="layers whose inputs are not a multiple of group_size: a smaller last "
+            "group (partial), dense with a warning (skip), or a config error naming them",
+        )
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     STATISTIC = "hessian"
+
+    def bind(
+        self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
+    ) -> None:
+        super().bind(model, targets, context)
+        if self.config.group_size is not None:
+            label = quant_label("gptq", self.config.bits, self.config.group_size)
+            self.warn_skipped(self.targets, self.config.group_size, label)
 
     def fixed_sparsity(self) -> float:
         return 0.0

@@ -127,6 +127,11 @@ class SparseGPT(PatternPruner):
             "one global magnitude threshold (global), or per block from its outliers (owl)",
         )
         owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
+        partial_groups: Literal["skip", "error"] = Field(
+            "skip",
+            description="layers whose inputs are not a multiple of M: dense, with a warning "
+            "(skip), or a config error naming them (error)",
+        )
         block_size: int = Field(128, gt=0, description="columns per lazy-update block (B)")
         damp: float = Field(0.01, gt=0, description="λ = damp · mean(diag H)")
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)

@@ -70,6 +70,11 @@ class Wanda(PatternPruner):
             "one global magnitude threshold (global), or per block from its outliers (owl)",
         )
         owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
+        partial_groups: Literal["skip", "error"] = Field(
+            "skip",
+            description="layers whose inputs are not a multiple of M: dense, with a warning "
+            "(skip), or a config error naming them (error)",
+        )
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
         @field_validator("nm")
