@@ -19,11 +19,12 @@ from compressor._version import __version__
 from compressor.contract.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from compressor.engine.oneshot import oneshot
     from compressor.engine.session import Session
     from compressor.recipe.schema import load_recipe
     from compressor.train.host import load_host
 
-__all__ = ["Session", "__version__", "hookimpl", "load_host", "load_recipe"]
+__all__ = ["Session", "__version__", "hookimpl", "load_host", "load_recipe", "oneshot"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the whole engine
@@ -31,6 +32,10 @@ def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the
         from compressor.engine.session import Session
 
         return Session
+    if name == "oneshot":
+        from compressor.engine.oneshot import oneshot
+
+        return oneshot
     if name == "load_recipe":
         from compressor.recipe.schema import load_recipe
 

@@ -1,0 +1,74 @@
+"""``compressor.oneshot(model, recipe, calibration=...)``: post-training compression in one call.
+
+The recipe needs only its compression section (``name`` and ``modifiers``, typically one
+``oneshot`` modifier with a data-aware operator); no model, data, optimizer or training is
+read. The model is compressed in place by a :class:`Session` whose calibration source is the
+given batches of model inputs (all of them, as one fixed set: the operators' ``samples`` and
+``seed`` do not subsample it). With ``evaluate`` (model -> float, e.g. perplexity on held-out
+data) the report holds the metric before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from compressor.contract.errors import CompressorError
+from compressor.engine.session import Session
+from compressor.host.manager import Plugins, default_plugins
+from compressor.recipe.schema import Recipe, load_recipe, recipe_from_text
+
+__all__ = ["oneshot"]
+
+
+def as_recipe(recipe: Recipe | str | Path | Mapping[str, Any], plugins: Plugins) -> Recipe:
+    """A recipe object, file path, YAML text or mapping, validated against ``plugins``."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return recipe_from_text(yaml.safe_dump(dict(recipe)), registries=plugins.registries)
+    if isinstance(recipe, Path) or "\n" not in recipe:
+        return load_recipe(recipe, registries=plugins.registries)
+    return recipe_from_text(recipe, registries=plugins.registries)
+
+
+def oneshot(
+    model: nn.Module,
+    recipe: Recipe | str | Path | Mapping[str, Any],
+    calibration: Iterable[Any],
+    *,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    plugins: Plugins | None = None,
+) -> dict[str, Any]:
+    """Compress ``model`` in place by the recipe's step-0 modifiers; returns a report
+    (seconds, sparsity over the compressed tensors, per-layer sparsity, metric before/after)."""
+    plugins = plugins or default_plugins()
+    parsed = as_recipe(recipe, plugins)
+    if not parsed.config.modifiers:
+        raise CompressorError("oneshot: the recipe has no modifiers (nothing to compress)")
+    batches = list(calibration)
+    if not batches:
+        raise CompressorError("oneshot: the calibration data is empty")
+
+    def source(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
+        return iter(batches)
+
+    before = evaluate(model) if evaluate is not None else None
+    start = time.perf_counter()
+    session = Session(model, parsed, steps_per_epoch=1, plugins=plugins, calibration=source)
+    session.begin()
+    seconds = time.perf_counter() - start
+    after = evaluate(model) if evaluate is not None else None
+    stats = session.sparsity()
+    return {
+        "recipe": parsed.config.name,
+        "seconds": seconds,
+        "sparsity": stats["global"],
+        "per_layer": stats["per_layer"],
+        "metric": {"before": before, "after": after},
+    }
