@@ -20,7 +20,7 @@ from torch import nn
 
 from compressor.contract.errors import CompressorError
 from compressor.engine.session import Session
-from compressor.host.manager import Plugins, default_plugins
+from compressor.host.manager import Plugins, load_plugins
 from compressor.recipe.schema import Recipe, load_recipe, recipe_from_text
 
 __all__ = ["oneshot"]
@@ -47,7 +47,7 @@ def oneshot(
 ) -> dict[str, Any]:
     """Compress ``model`` in place by the recipe's step-0 modifiers; returns a report
     (seconds, sparsity over the compressed tensors, per-layer sparsity, metric before/after)."""
-    plugins = plugins or default_plugins()
+    plugins = plugins or load_plugins()
     parsed = as_recipe(recipe, plugins)
     if not parsed.config.modifiers:
         raise CompressorError("oneshot: the recipe has no modifiers (nothing to compress)")
