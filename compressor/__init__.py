@@ -19,12 +19,12 @@ from compressor._version import __version__
 from compressor.contract.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from compressor.engine.oneshot import oneshot
+    from compressor.engine.compress import compress
     from compressor.engine.session import Session
     from compressor.recipe.schema import load_recipe
     from compressor.train.host import load_host
 
-__all__ = ["Session", "__version__", "hookimpl", "load_host", "load_recipe", "oneshot"]
+__all__ = ["Session", "__version__", "compress", "hookimpl", "load_host", "load_recipe"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the whole engine
@@ -32,10 +32,10 @@ def __getattr__(name: str) -> Any:  # lazy: importing a layer never pulls in the
         from compressor.engine.session import Session
 
         return Session
-    if name == "oneshot":
-        from compressor.engine.oneshot import oneshot
+    if name == "compress":
+        from compressor.engine.compress import compress
 
-        return oneshot
+        return compress
     if name == "load_recipe":
         from compressor.recipe.schema import load_recipe
 

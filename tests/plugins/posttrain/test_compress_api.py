@@ -1,4 +1,4 @@
-"""``compressor.oneshot``: a recipe's compression section applied to a model from given
+"""``compressor.compress``: a recipe's compression section applied to a model from given
 calibration batches, in one call, with the metric before and after."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def batches() -> list[torch.Tensor]:
     return [torch.randn(12, 8, generator=g) for _ in range(3)]
 
 
-def test_oneshot_compresses_in_place_as_the_operator_does() -> None:
+def test_compress_compresses_in_place_as_the_operator_does() -> None:
     net, reference = model(), model()
     seen: list[float] = []
 
@@ -42,7 +42,7 @@ def test_oneshot_compresses_in_place_as_the_operator_does() -> None:
         seen.append(value)
         return value
 
-    report = compressor.oneshot(net, RECIPE, batches(), evaluate=evaluate)
+    report = compressor.compress(net, RECIPE, batches(), evaluate=evaluate)
     config: dict[str, Any] = {"kind": "sparsegpt", "calibration": {"sequential": "block"}}
     operator = bound(config, reference, batches())
     expected = operator.project({t.name: t.param for t in operator.targets}, 0.5)
@@ -53,14 +53,14 @@ def test_oneshot_compresses_in_place_as_the_operator_does() -> None:
     assert seen[0] != seen[1]
 
 
-def test_oneshot_takes_a_mapping_and_refuses_empty_inputs() -> None:
+def test_compress_takes_a_mapping_and_refuses_empty_inputs() -> None:
     recipe = {
         "name": "p",
         "modifiers": [{"type": "oneshot", "sparsity": 0.5, "operator": {"kind": "wanda"}}],
     }
-    report = compressor.oneshot(model(), recipe, batches())
+    report = compressor.compress(model(), recipe, batches())
     assert report["recipe"] == "p" and report["metric"] == {"before": None, "after": None}
     with pytest.raises(CompressorError, match="calibration data is empty"):
-        compressor.oneshot(model(), recipe, [])
+        compressor.compress(model(), recipe, [])
     with pytest.raises(CompressorError, match="no modifiers"):
-        compressor.oneshot(model(), {"name": "p"}, batches())
+        compressor.compress(model(), {"name": "p"}, batches())

@@ -1,7 +1,8 @@
-"""``compressor.oneshot(model, recipe, calibration=...)``: post-training compression in one call.
+"""``compressor.compress(model, recipe, calibration=...)``: post-training compression in one call
+(issue 23's one-liner; the core names no built-in type, so not after the one-shot modifier).
 
 The recipe needs only its compression section (``name`` and ``modifiers``, typically one
-``oneshot`` modifier with a data-aware operator); no model, data, optimizer or training is
+one-shot modifier with a data-aware operator); no model, data, optimizer or training is
 read. The model is compressed in place by a :class:`Session` whose calibration source is the
 given batches of model inputs (all of them, as one fixed set: the operators' ``samples`` and
 ``seed`` do not subsample it). With ``evaluate`` (model -> float, e.g. perplexity on held-out
@@ -23,7 +24,7 @@ from compressor.engine.session import Session
 from compressor.host.manager import Plugins, load_plugins
 from compressor.recipe.schema import Recipe, load_recipe, recipe_from_text
 
-__all__ = ["oneshot"]
+__all__ = ["compress"]
 
 
 def as_recipe(recipe: Recipe | str | Path | Mapping[str, Any], plugins: Plugins) -> Recipe:
@@ -37,7 +38,7 @@ def as_recipe(recipe: Recipe | str | Path | Mapping[str, Any], plugins: Plugins)
     return recipe_from_text(recipe, registries=plugins.registries)
 
 
-def oneshot(
+def compress(
     model: nn.Module,
     recipe: Recipe | str | Path | Mapping[str, Any],
     calibration: Iterable[Any],
@@ -50,10 +51,10 @@ def oneshot(
     plugins = plugins or load_plugins()
     parsed = as_recipe(recipe, plugins)
     if not parsed.config.modifiers:
-        raise CompressorError("oneshot: the recipe has no modifiers (nothing to compress)")
+        raise CompressorError("compress: the recipe has no modifiers (nothing to compress)")
     batches = list(calibration)
     if not batches:
-        raise CompressorError("oneshot: the calibration data is empty")
+        raise CompressorError("compress: the calibration data is empty")
 
     def source(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
         return iter(batches)
