@@ -44,10 +44,13 @@ def compress(
     calibration: Iterable[Any],
     *,
     evaluate: Callable[[nn.Module], float] | None = None,
+    progress: Callable[[str, float], None] | None = None,
     plugins: Plugins | None = None,
 ) -> dict[str, Any]:
     """Compress ``model`` in place by the recipe's step-0 modifiers; returns a report
-    (seconds, sparsity over the compressed tensors, per-layer sparsity, metric before/after)."""
+    (seconds, sparsity over the compressed tensors, per-layer sparsity, metric before/after).
+    ``progress(label, seconds)`` is given to every operator that reports progress (the
+    data-aware ones: after each block)."""
     plugins = plugins or load_plugins()
     parsed = as_recipe(recipe, plugins)
     if not parsed.config.modifiers:
@@ -62,6 +65,10 @@ def compress(
     before = evaluate(model) if evaluate is not None else None
     start = time.perf_counter()
     session = Session(model, parsed, steps_per_epoch=1, plugins=plugins, calibration=source)
+    for modifier in session.modifiers:
+        operator = getattr(modifier, "operator", None)
+        if progress is not None and hasattr(operator, "progress"):
+            operator.progress = progress  # type: ignore[union-attr]
     session.begin()
     seconds = time.perf_counter() - start
     after = evaluate(model) if evaluate is not None else None

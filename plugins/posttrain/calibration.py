@@ -321,6 +321,7 @@ class DataAwareOperator(Operator):
         self._forward: Callable[[nn.Module, Any], Any] | None = None
         self._inputs: list[Any] | None = None
         self._plan: Plan | None = None
+        self.progress: Callable[[str, float], None] | None = None  # (label, seconds) per block
 
     # -- binding and data ----------------------------------------------------------------------
 
@@ -584,6 +585,7 @@ class DataAwareOperator(Operator):
                     close_group,
                     sequential=c.sequential,
                     offload=c.offload,
+                    progress=self.progress,
                 )
             finally:
                 for target in order:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -256,6 +257,7 @@ class _Runner:
     close_group: Callable[[Group], None]
     sequential: Sequential
     offload: Offload
+    progress: Callable[[str, float], None] | None = None
     block_forwards: int = 0
 
     @property
@@ -365,6 +367,7 @@ class _Runner:
             after = segments[index + 1][0] if index + 1 < len(segments) else None
             chained = after == b + 1 and self.plan.chained[b + 1]
             home = _device_of(block)
+            start = time.perf_counter()
             if self.compute is not None:
                 block.to(self.compute)
             try:
@@ -373,6 +376,8 @@ class _Runner:
                 if self.compute is not None and home is not None:
                     block.to(home)
             cached_for = b + 1 if chained else None
+            if self.progress is not None:
+                self.progress(f"block {b + 1}/{len(self.plan.blocks)}", time.perf_counter() - start)
 
 
 def run_pipeline(
@@ -386,8 +391,12 @@ def run_pipeline(
     *,
     sequential: Sequential = "exact",
     offload: Offload = "none",
+    progress: Callable[[str, float], None] | None = None,
 ) -> int:
-    """Calibrate and compress ``groups`` (see module doc); returns the block forwards run."""
-    runner = _Runner(model, plan, inputs, forward, open_group, close_group, sequential, offload)
+    """Calibrate and compress ``groups`` (see module doc); returns the block forwards run.
+    ``progress(label, seconds)`` is called after each block."""
+    runner = _Runner(
+        model, plan, inputs, forward, open_group, close_group, sequential, offload, progress
+    )
     runner.run(groups)
     return runner.block_forwards

@@ -64,3 +64,14 @@ def test_compress_takes_a_mapping_and_refuses_empty_inputs() -> None:
         compressor.compress(model(), recipe, [])
     with pytest.raises(CompressorError, match="no modifiers"):
         compressor.compress(model(), {"name": "p"}, batches())
+
+
+def test_progress_is_reported_per_block() -> None:
+    pytest.importorskip("transformers")
+    from tests.plugins.posttrain.test_pipeline import llama, token_batches
+
+    seen: list[tuple[str, float]] = []
+    recipe = RECIPE.replace("sparsegpt", "wanda")
+    compressor.compress(llama(3), recipe, token_batches(), progress=lambda *a: seen.append(a))
+    assert [label for label, _ in seen] == ["block 1/3", "block 2/3", "block 3/3"]
+    assert all(seconds >= 0 for _, seconds in seen)
