@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.plugin_api import ConfigError
-from compressor_plugins.nm.operator import NMSkippedWarning
+from compressor.plugin_api import ConfigError, NMSkippedWarning
 from compressor_plugins.posttrain.quant import rtn
 from tests.plugins.posttrain.support import bound, weights_of
 
