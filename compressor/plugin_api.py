@@ -31,7 +31,7 @@ from compressor.contract.data import (
     DataSplits,
     ModelBuilder,
 )
-from compressor.contract.errors import CompressorError, ConfigError
+from compressor.contract.errors import CompressorError, ConfigError, InputError
 from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
 from compressor.contract.exporter import Exporter
 from compressor.contract.functional import dataset, model
@@ -66,11 +66,13 @@ from compressor.kit.channels import (
     slot_mask,
 )
 from compressor.kit.defaults import default_operator
+from compressor.kit.extras import require_package
 from compressor.kit.files import (
     atomic_save,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    staged,
 )
 from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
 from compressor.kit.latency import compare_latency
@@ -152,6 +154,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     # Errors
     "CompressorError",
     "ConfigError",
+    "InputError",
     # Mask toolkit: top-k, N:M, channels, gradual pruning, latency
     "keep_count",
     "kth_smallest",
@@ -193,6 +196,8 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "atomic_write_json",
     "atomic_write_text",
     "load_checkpoint",
+    "staged",
+    "require_package",
     "torch_threads",
     "call_model",
     "logits_of",
