@@ -49,6 +49,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.posttrain.export",
     "compressor_plugins.export.hf",
     "compressor_plugins.export.compressed_tensors",
+    "compressor_plugins.export.sparse",
     "compressor_plugins.launch.local",
     "compressor_plugins.launch.submitit",
     "compressor_plugins.log.tensorboard",
