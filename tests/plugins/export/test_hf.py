@@ -36,6 +36,11 @@ def test_plain_transformers_loads_the_run_with_identical_logits(tmp_path: Path, 
     zeros = {n: int((t == 0).sum()) for n, t in own.state_dict().items()}
     assert zeros == {n: int((theirs[n] == 0).sum()) for n in zeros}
     assert sum(zeros.values()) > 10_000  # the masks (half of the eligible weights) survive
+    before = (folder / "config.json").stat().st_mtime_ns
+    assert export(run, "hf", folder) == 2  # an existing folder needs --overwrite
+    assert (folder / "config.json").stat().st_mtime_ns == before
+    assert export(run, "hf", folder, "--overwrite") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run", "run.yaml"]
 
 
 def test_a_model_that_is_not_hugging_face_is_refused(

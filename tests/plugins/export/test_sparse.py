@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from compressor_plugins.export.sparse import (
     save_sparse,
     unpack_small,
 )
+from tests.conftest import TINY_RECIPE
 from tests.core.cli.test_export import one_line
 
 pytest.importorskip("safetensors", reason="the sparse extra (safetensors) is not installed")
@@ -83,6 +85,19 @@ def test_a_2_4_run_is_stored_as_values_and_in_group_indices(
     assert main(["export", str(run), "--format", "pruned", "--out", str(tmp_path / "p.pt")]) == 2
     assert "--format sparse" in one_line(capsys)
     assert not (tmp_path / "p.pt").exists() and not (tmp_path / "p.json").exists()
+
+
+def test_without_safetensors_the_extra_is_named_and_nothing_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r.yaml").write_text(TINY_RECIPE)
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    assert main(["export", str(tmp_path / "run"), "--format", "sparse"]) == 2
+    assert "pip install 'compressor[sparse]'" in one_line(capsys)
+    assert not list((tmp_path / "run").glob("export-*"))
 
 
 def test_round_trip_keeps_negative_zero_ties_and_every_dtype(tmp_path: Path) -> None:
