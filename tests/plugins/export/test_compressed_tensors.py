@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.plugin_api import restore_run
+from compressor.train.restore import restore_run
 from compressor_plugins.export.compressed_tensors import recover_scales
 from compressor_plugins.posttrain.quant import (
     ct_dequantize,

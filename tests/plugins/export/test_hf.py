@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.plugin_api import restore_run
+from compressor.train.restore import restore_run
 from tests.core.cli.test_export import one_line
 from tests.plugins.export.support import GPT2, export, hf_run, llama
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compressor.cli.main import main
-from compressor.plugin_api import restore_run
+from compressor.train.restore import restore_run
 from compressor_plugins.export.sparse import (
     decode_nm,
     encode_nm,
