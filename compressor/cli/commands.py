@@ -231,7 +231,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     exporter.check(context, context.model)
     with staged(target) as stage:
         written = exporter.export(context, context.model, stage / target.name)
-    out.print(f"wrote {target.parent / written.relative_to(stage)}")
+    staged_path = written.is_relative_to(stage)
+    out.print(f"wrote {target.parent / written.relative_to(stage) if staged_path else written}")
     return 0
 
 
