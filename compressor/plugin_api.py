@@ -50,6 +50,7 @@ from compressor.contract.schedule import Schedule
 from compressor.contract.selection import SelectionConfig, Target
 from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of
+from compressor.kit.bits import pack_bits, unpack_bits
 from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
 from compressor.kit.channel_removal import (
     PRUNED_FORMAT,
@@ -75,6 +76,7 @@ from compressor.kit.files import (
     staged,
 )
 from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
+from compressor.kit.grids import ct_dequantize, ct_quantize, ct_range, ct_scale
 from compressor.kit.latency import compare_latency
 from compressor.kit.nm import (
     NMSkippedWarning,
@@ -183,6 +185,13 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "PRUNED_FORMAT",
     "serialized_bytes",
     "compare_latency",
+    # Storage: bitmaps, compressed-tensors' integer grid
+    "pack_bits",
+    "unpack_bits",
+    "ct_range",
+    "ct_scale",
+    "ct_quantize",
+    "ct_dequantize",
     # Helpers: selecting weights, BatchNorm, files, threads, model outputs, steps
     "select",
     "select_targets",

@@ -35,11 +35,11 @@ from compressor.plugin_api import (
     Exporter,
     InputError,
     TypeConfig,
+    ct_range,
     hookimpl,
     require_package,
 )
 from compressor_plugins.export.hf import hf_model, same_tensors, transformers_offline
-from compressor_plugins.posttrain.quant import ct_range
 
 FORMAT = "compressed-tensors"
 BITS = (4, 8)  # what the format's kernels serve: pack-quantized int4, int-quantized int8

@@ -29,7 +29,6 @@ from compressor.plugin_api import (
     TypeConfig,
     hookimpl,
     require_package,
-    unwrap_model,
 )
 
 FORMAT = "hf"
@@ -45,7 +44,7 @@ def transformers_offline() -> Any:
 def hf_model(model: nn.Module, format_name: str = FORMAT) -> Any:
     """The run's ``transformers`` model, or an :class:`InputError` naming what it is instead."""
     transformers = transformers_offline()
-    inner = unwrap_model(model)
+    inner = model
     if not isinstance(inner, transformers.PreTrainedModel):
         raise InputError(
             f"--format {format_name} needs a Hugging Face model (model: {{name: hf, ...}}); "

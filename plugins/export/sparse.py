@@ -40,10 +40,11 @@ from compressor.plugin_api import (
     TypeConfig,
     atomic_write_text,
     hookimpl,
+    pack_bits,
     require_package,
     staged,
+    unpack_bits,
 )
-from compressor_plugins.posttrain.export import pack_bits, unpack_bits
 
 FORMAT = "compressor-sparse"
 VERSION = 1

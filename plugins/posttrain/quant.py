@@ -44,7 +44,16 @@ from typing import Any, Literal, TypeAlias
 import torch
 from pydantic import Field
 
-from compressor.plugin_api import Operator, OperatorConfig, Target, hookimpl
+from compressor.plugin_api import (
+    Operator,
+    OperatorConfig,
+    Target,
+    ct_dequantize,
+    ct_quantize,
+    ct_range,
+    ct_scale,
+    hookimpl,
+)
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     DataAwareOperator,
@@ -131,28 +140,6 @@ def rtn(
     full = expand_groups(absmax, group_size, weight.shape[1])
     codes = quantize(weight, full, bits)
     return dequantize(codes, full, bits, weight.dtype), codes, absmax
-
-
-def ct_range(bits: int) -> tuple[int, int]:
-    """compressed-tensors' integer range for k-bit int: ``−2^(k-1) .. 2^(k-1) − 1``."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def ct_scale(absmax: torch.Tensor, bits: int) -> torch.Tensor:
-    """compressed-tensors' symmetric scale ``a / ((2^k − 1) / 2)``, in ``absmax``'s dtype."""
-    return absmax / torch.tensor((2**bits - 1) / 2, dtype=absmax.dtype, device=absmax.device)
-
-
-def ct_quantize(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes ``clamp(round(w / scale))`` as compressed-tensors computes them, as int8."""
-    low, high = ct_range(bits)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.round(weight / safe).clamp_(low, high).to(torch.int8)
-
-
-def ct_dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``float(q)·scale`` in ``dtype``: compressed-tensors' decompression, bit for bit."""
-    return codes.to(dtype) * scale.to(dtype)
 
 
 def round_to_grid(
