@@ -31,7 +31,7 @@ from compressor.contract.data import (
     DataSplits,
     ModelBuilder,
 )
-from compressor.contract.errors import CompressorError, ConfigError
+from compressor.contract.errors import CompressorError, ConfigError, InputError
 from compressor.contract.evaluation import Column, Curve, CurvePoint, Evaluation, Evaluator
 from compressor.contract.exporter import Exporter
 from compressor.contract.functional import dataset, model
@@ -50,6 +50,7 @@ from compressor.contract.schedule import Schedule
 from compressor.contract.selection import SelectionConfig, Target
 from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of
+from compressor.kit.bits import pack_bits, unpack_bits
 from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
 from compressor.kit.channel_removal import (
     PRUNED_FORMAT,
@@ -66,13 +67,16 @@ from compressor.kit.channels import (
     slot_mask,
 )
 from compressor.kit.defaults import default_operator
+from compressor.kit.extras import require_package
 from compressor.kit.files import (
     atomic_save,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    staged,
 )
 from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
+from compressor.kit.grids import ct_dequantize, ct_quantize, ct_range, ct_scale
 from compressor.kit.latency import compare_latency
 from compressor.kit.nm import (
     NMSkippedWarning,
@@ -152,6 +156,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     # Errors
     "CompressorError",
     "ConfigError",
+    "InputError",
     # Mask toolkit: top-k, N:M, channels, gradual pruning, latency
     "keep_count",
     "kth_smallest",
@@ -180,6 +185,13 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "PRUNED_FORMAT",
     "serialized_bytes",
     "compare_latency",
+    # Storage: bitmaps, compressed-tensors' integer grid
+    "pack_bits",
+    "unpack_bits",
+    "ct_range",
+    "ct_scale",
+    "ct_quantize",
+    "ct_dequantize",
     # Helpers: selecting weights, BatchNorm, files, threads, model outputs, steps
     "select",
     "select_targets",
@@ -193,6 +205,8 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "atomic_write_json",
     "atomic_write_text",
     "load_checkpoint",
+    "staged",
+    "require_package",
     "torch_threads",
     "call_model",
     "logits_of",

@@ -9,7 +9,8 @@ loads them by these names and never imports them itself. Families:
 * ``optim`` — sgd/adamw, schedules, SAM, CrAM;      * ``prune`` — magnitude, GMP, one-shot;
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
-* ``export`` — state_dict, pruned, semi-structured; * ``zoo`` — models, datasets, tasks,
+* ``export`` — state_dict, pruned, semi-structured, hf, compressed-tensors,
+  sparse; * ``zoo`` — models, datasets, tasks,
   and torchvision's (``vision``: imported only when used);
 * ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot);
 * ``launch`` — where a study's trials run: ``local`` (``--jobs N``), ``submitit`` (Slurm).
@@ -46,6 +47,9 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.posttrain.sparsegpt",
     "compressor_plugins.posttrain.quant",
     "compressor_plugins.posttrain.export",
+    "compressor_plugins.export.hf",
+    "compressor_plugins.export.compressed_tensors",
+    "compressor_plugins.export.sparse",
     "compressor_plugins.launch.local",
     "compressor_plugins.launch.submitit",
     "compressor_plugins.log.tensorboard",

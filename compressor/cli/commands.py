@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from compressor.contract.errors import CompressorError, RecipeError
+from compressor.contract.errors import CompressorError, InputError, RecipeError
 from compressor.contract.evaluation import Evaluation
 from compressor.host.manager import Plugins
 from compressor.host.registry import Registries
@@ -211,19 +211,28 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from compressor.kit.extras import require_package
+    from compressor.kit.files import staged
     from compressor.train.restore import restore_run
 
     registry = args.plugins.registries.exporters
     try:
         entry = registry.get(args.format)
     except KeyError as exc:
-        raise CompressorError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
+        raise InputError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
     exporter = entry.cls(entry.config.model_validate({"format": args.format}))
     run_dir = Path(args.run)
-    context = restore_run(run_dir, args.plugins)
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}{exporter.suffix}"
-    written = exporter.export(context, context.model, target)
-    out.print(f"wrote {written}")
+    if target.exists() and not args.overwrite:
+        raise InputError(f"{target} exists: pass --overwrite to replace it")
+    for module, extra in exporter.requires:
+        require_package(module, extra, f"--format {args.format}")
+    context = restore_run(run_dir, args.plugins)
+    exporter.check(context, context.model)
+    with staged(target) as stage:
+        written = exporter.export(context, context.model, stage / target.name)
+    staged_path = written.is_relative_to(stage)
+    out.print(f"wrote {target.parent / written.relative_to(stage) if staged_path else written}")
     return 0
 
 
@@ -342,7 +351,8 @@ def register_commands(sub: argparse._SubParsersAction, plugins: Plugins) -> None
     p.add_argument(
         "--format", required=True, help="an export format (compressor plugins lists them)"
     )
-    p.add_argument("--out", help="file to write")
+    p.add_argument("--out", help="file (or folder) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

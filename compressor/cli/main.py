@@ -2,7 +2,7 @@
 
 Built-in sub-commands (:mod:`compressor.cli.commands`) and plugin sub-commands are registered
 the same way, through ``register_commands``. Every user error ends in one clean message and a
-non-zero exit code (2 for a bad recipe), never a traceback.
+non-zero exit code (2 for a bad recipe or other bad input: :class:`InputError`), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from compressor._version import __version__
 from compressor.cli import commands
-from compressor.contract.errors import CompressorError, RecipeError
+from compressor.contract.errors import CompressorError, InputError, RecipeError
 from compressor.host.manager import Plugins, load_plugins
 from compressor.train.host import RunHost
 
@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except RecipeError as exc:
         say(str(exc))
+        return 2
+    except InputError as exc:
+        if debug:
+            traceback.print_exc()
+        say(f"error: {exc}")
         return 2
     except CompressorError as exc:
         if debug:

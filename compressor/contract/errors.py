@@ -14,6 +14,11 @@ class CompressorError(Exception):
     """Base class for errors the CLI reports as one clean line (no traceback)."""
 
 
+class InputError(CompressorError):
+    """The user's input cannot work (a missing file, an output that exists, a missing extra):
+    the CLI prints one line and exits with code 2, as for a bad recipe."""
+
+
 class PluginError(CompressorError):
     """A plugin could not be loaded or registered (duplicate names, bad types)."""
 

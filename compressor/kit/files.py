@@ -13,8 +13,11 @@ import json
 import math
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,30 @@ def _atomic_write(path: Path, write: Any) -> None:
                 f"cannot write {path}: {exc.strerror or exc}; the previous file is intact"
             ) from None
         raise
+
+
+@contextmanager
+def staged(target: str | Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``target`` to write into; when the block succeeds, each of
+    its entries replaces the one of the same name beside ``target`` (a file or a folder), and
+    when it fails nothing outside the staging folder has changed and the folder is removed."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stage", dir=target.parent)
+        )
+    except OSError as exc:
+        raise CompressorError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            dest = target.parent / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(entry, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from compressor.contract.data import Data, DatasetBuilder, DataSplits
+from compressor.contract.data import Data, DataInfo, DatasetBuilder, DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
 from compressor.contract.evaluation import Evaluation
 from compressor.contract.logger import RunInfo
@@ -61,6 +61,25 @@ class Prepared:
     session: Session
     task: Task
     context: RunContext
+    train_size: int = 0
+
+
+def data_record(info: DataInfo, train_size: int) -> dict[str, Any]:
+    """What the data told the model builder (a vocabulary size, a shape), as the checkpoint
+    keeps it: a finished run is rebuilt from its folder even where the data has gone."""
+    return {
+        "input_shape": list(info.input_shape),
+        "num_classes": int(info.num_classes),
+        "input_dtype": str(info.input_dtype).removeprefix("torch."),
+        "train_size": int(train_size),
+    }
+
+
+def data_from_record(record: dict[str, Any]) -> tuple[DataInfo, int]:
+    """Inverse of :func:`data_record`."""
+    dtype = getattr(torch, record["input_dtype"])
+    info = DataInfo(tuple(record["input_shape"]), int(record["num_classes"]), dtype)
+    return info, int(record["train_size"])
 
 
 def require_sections(recipe: Recipe) -> None:
@@ -117,10 +136,12 @@ def prepare(
     *,
     with_data: bool = True,
     world: World | None = None,
+    known: dict[str, Any] | None = None,
 ) -> Prepared:
     """Build data, task, model and session; without data only the shapes are used (validate,
     explain), and the run context builds the data when first asked. Under data parallelism
-    (``world``) every rank reads its slice of each global batch."""
+    (``world``) every rank reads its slice of each global batch. ``known`` (a checkpoint's
+    :func:`data_record`) replaces asking the dataset for its shapes when there is no data."""
     plugins = plugins or load_plugins()
     world = world or World()
     require_sections(recipe)
@@ -130,8 +151,12 @@ def prepare(
     dataset = registries.datasets.build(config.data)
     task = build_task(recipe, dataset, plugins)
     data = dataset.build() if with_data else None
-    info = data.info if data is not None else dataset.info()
-    train_size = _train_size(data) if data is not None else dataset.train_size()
+    if data is not None:
+        info, train_size = data.info, _train_size(data)
+    elif known is not None:
+        info, train_size = data_from_record(known)
+    else:
+        info, train_size = dataset.info(), dataset.train_size()
     if config.train.init_from:
         path = Path(config.train.init_from.replace("{seed}", str(config.train.seed)))
         if not path.is_file():
@@ -182,7 +207,7 @@ def prepare(
                 raise recipe.error(("evaluate", name, *exc.loc), exc.message) from None
     if world.main:  # the one process that logs
         check_loggers(recipe, plugins)
-    return Prepared(data, model, session, task, context)
+    return Prepared(data, model, session, task, context, train_size)
 
 
 def _train_size(data: Data | DataSplits) -> int:
@@ -387,6 +412,9 @@ def _train(
         ),
     )
 
+    info = context.data_info
+    facts = data_record(info, prepared.train_size) if info is not None else None
+
     def save_checkpoint() -> None:
         check_finite()  # a broken model is never written over a good checkpoint
         if world.main:
@@ -397,6 +425,7 @@ def _train(
                     "history": history,
                     "resume_key": resume_key(recipe),
                     "recipe": recipe.to_dict(),
+                    "data": facts,
                     "clocks": {**clocks, **elapsed(), **loss_so_far()},
                     "world_size": world.size,
                 },

@@ -30,6 +30,7 @@ from compressor.plugin_api import (
     Exporter,
     ExportError,
     Host,
+    InputError,
     TypeConfig,
     atomic_save,
     atomic_write_json,
@@ -168,7 +169,8 @@ def export_report(
 
 
 class PrunedExporter(Exporter):
-    """``--format pruned``: the physically pruned model, plus ``<path stem>.json``."""
+    """``--format pruned``: the physically pruned model, plus ``<path stem>.json``; refused when
+    no channel can be removed (unstructured zeros: ``--format sparse`` stores those)."""
 
     class Config(TypeConfig):
         format: Literal["pruned"] = "pruned"
@@ -179,6 +181,12 @@ class PrunedExporter(Exporter):
         shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
         x = example_input(model, shape)
         small, report = export_pruned(model, masks, x)
+        if report["params"]["pruned"] == report["params"]["dense"]:
+            raise InputError(
+                "nothing in this run can be removed physically (no channel is zero throughout), "
+                "so a pruned file would be no smaller: for a compact file of its zeros use "
+                "--format sparse"
+            )
         payload = pruned_payload(
             small, report["input_shape"], context.model_spec, info.num_classes if info else None
         )

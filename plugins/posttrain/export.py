@@ -45,7 +45,9 @@ from compressor.plugin_api import (
     hookimpl,
     load_checkpoint,
     out_in,
+    pack_bits,
     select,
+    unpack_bits,
 )
 from compressor_plugins.posttrain.calibration import from_gemm, gemm_view
 from compressor_plugins.posttrain.quant import dequantize, expand_groups, rtn
@@ -84,22 +86,6 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     low = (packed & 0xF).to(torch.int16)
     high = (packed >> 4).to(torch.int16)
     return (torch.stack([low, high], dim=1).flatten()[:count] - 8).to(torch.int8)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean tensor as a bitmap, 8 entries a byte (first entry in the lowest bit)."""
-    flat = mask.flatten().to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: ``count`` booleans."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed[:, None] >> shifts) & 1).flatten()[:count].bool()
 
 
 def _lossless_bits(matrix: torch.Tensor, group_size: int | None) -> int | None:

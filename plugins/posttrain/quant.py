@@ -11,6 +11,15 @@ projection is idempotent bit for bit, and an export can recover codes and scales
 weights alone (``scale`` is computed in float64 from the float ``a``). Zeros quantize to zero,
 so quantizing a pruned model keeps its zeros (``a`` is the largest *kept* weight).
 
+**``grid: compressed-tensors``** quantizes instead on the grid the compressed-tensors format
+stores (its ``calculate_qparams`` and ``_quantize``/``_dequantize``, symmetric int): codes
+``−2^(k-1) .. 2^(k-1) − 1``, ``scale = a / ((2^k − 1) / 2)`` and ``ŵ = float(q)·scale``, both in
+the weight's dtype — exactly what compressed-tensors decompresses, so ``compressor export RUN
+--format compressed-tensors`` writes the run's weights unchanged. This grid is not symmetric
+(the largest positive weight of a group rounds to ``2^(k-1) − 1``) and has no pinned entry, so
+re-quantizing may move a value (the scale follows the group's largest ``|ŵ|``); the exporter
+recovers each group's scale from the weights and checks every value.
+
 **``quant``** (RTN) needs no data. It prunes nothing: ``fixed_sparsity()`` is 0, so wherever an
 operator takes a target (``oneshot``, the one-shot evaluator, CrAM) it runs once, "at 0";
 entries that round to zero are what its mask (non-zeros) leaves out.
@@ -30,13 +39,23 @@ exportable from the weights); the OBS update compensates that entry's error like
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from compressor.plugin_api import CompressionContext, Operator, OperatorConfig, Target, hookimpl
+from compressor.plugin_api import (
+    CompressionContext,
+    Operator,
+    OperatorConfig,
+    Target,
+    ct_dequantize,
+    ct_quantize,
+    ct_range,
+    ct_scale,
+    hookimpl,
+)
 from compressor_plugins.posttrain.calibration import (
     CalibrationConfig,
     DataAwareOperator,
@@ -48,7 +67,12 @@ from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
 
 __all__ = [
     "GPTQ",
+    "Grid",
     "Quant",
+    "ct_dequantize",
+    "ct_quantize",
+    "ct_range",
+    "ct_scale",
     "dequantize",
     "expand_groups",
     "gptq_layer",
@@ -60,6 +84,12 @@ __all__ = [
 
 Bits = Field(8, ge=2, le=8, description="k: bits per weight (2..8)")
 GroupSize = Field(None, gt=0, description="G: one scale per G consecutive inputs (None: per row)")
+Grid: TypeAlias = Literal["symmetric", "compressed-tensors"]
+GridField: Any = Field(
+    "symmetric",
+    description="symmetric: ±(2^(k-1)−1) codes, ±a exact; compressed-tensors: the grid that "
+    "format stores (codes −2^(k-1)..2^(k-1)−1, scale a/((2^k−1)/2)), so its export is exact",
+)
 
 
 def qmax(bits: int) -> int:
@@ -114,6 +144,18 @@ def rtn(
     return dequantize(codes, full, bits, weight.dtype), codes, absmax
 
 
+def round_to_grid(
+    weight: torch.Tensor, bits: int, group_size: int | None, grid: Grid
+) -> torch.Tensor:
+    """RTN of a GEMM weight on ``grid``: the quantized values only."""
+    if grid == "symmetric":
+        return rtn(weight, bits, group_size)[0]
+    scale = expand_groups(
+        ct_scale(group_absmax(weight, group_size), bits), group_size, weight.shape[1]
+    )
+    return ct_dequantize(ct_quantize(weight, scale, bits), scale, weight.dtype)
+
+
 def quant_label(prefix: str, bits: int, group_size: int | None) -> str:
     return f"{prefix} int{bits}" + (f" g{group_size}" if group_size else "")
 
@@ -131,6 +173,7 @@ class Quant(Operator):
         kind: Literal["quant"]
         bits: int = Bits
         group_size: int | None = GroupSize
+        grid: Grid = GridField
 
     def fixed_sparsity(self) -> float:
         return 0.0
@@ -148,7 +191,8 @@ class Quant(Operator):
         out = {}
         for name, stored in weights.items():
             oriented = self.out_in(name, stored.detach())
-            value, _, _ = rtn(gemm_view(oriented), self.config.bits, self.config.group_size)
+            c = self.config
+            value = round_to_grid(gemm_view(oriented), c.bits, c.group_size, c.grid)
             out[name] = self.out_in(name, from_gemm(value, oriented)).contiguous()
         return out
 
@@ -157,9 +201,14 @@ class GroupQuantizer:
     """The GPTQ column rule: the grid of each row (group), zeros kept, the max entry pinned."""
 
     def __init__(
-        self, weight: torch.Tensor, bits: int, group_size: int | None, keep: torch.Tensor
+        self,
+        weight: torch.Tensor,
+        bits: int,
+        group_size: int | None,
+        keep: torch.Tensor,
+        grid: Grid = "symmetric",
     ) -> None:
-        self.bits, self.group_size, self.keep = bits, group_size, keep
+        self.bits, self.group_size, self.keep, self.grid = bits, group_size, keep, grid
         rows = weight.shape[0]
         self.absmax = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
         self.pin = torch.full((rows,), -1, dtype=torch.long, device=weight.device)
@@ -182,8 +231,12 @@ class GroupQuantizer:
         if g is not None and j % g == 0:
             self._grid(block[:, local : local + g], j)
         w = block[:, local]
-        value = dequantize(quantize(w, self.absmax, self.bits), self.absmax, self.bits, w.dtype)
-        value = torch.where(self.pin == j, self.sign * self.absmax, value)
+        if self.grid == "compressed-tensors":  # no pinned entry: the exporter finds the scale
+            scale = ct_scale(self.absmax, self.bits)
+            value = ct_dequantize(ct_quantize(w, scale, self.bits), scale, w.dtype)
+        else:
+            value = dequantize(quantize(w, self.absmax, self.bits), self.absmax, self.bits, w.dtype)
+            value = torch.where(self.pin == j, self.sign * self.absmax, value)
         return torch.where(self.keep[:, j], value, torch.zeros_like(value))
 
 
@@ -196,6 +249,7 @@ def gptq_layer(
     block_size: int = 128,
     damp: float = 0.01,
     inplace: bool = False,
+    grid: Grid = "symmetric",
 ) -> torch.Tensor:
     """GPTQ on one GEMM weight ``[rows, cols]``; zeros stay zero. Returns ``weight`` itself,
     updated, with ``inplace``, else a new tensor."""
@@ -204,7 +258,7 @@ def gptq_layer(
     if group_size is not None:  # every group inside one block, read fully updated
         block_size = max(group_size, block_size - block_size % group_size)
     factor = inverse_hessian_factor(hessian, damp).to(w.device)
-    obs_sweep(w, factor, block_size, GroupQuantizer(w, bits, group_size, keep))
+    obs_sweep(w, factor, block_size, GroupQuantizer(w, bits, group_size, keep, grid))
     return w
 
 
@@ -222,6 +276,7 @@ class GPTQ(DataAwareOperator):
             description="layers whose inputs are not a multiple of group_size: a smaller last "
             "group (partial), dense with a warning (skip), or a config error naming them",
         )
+        grid: Grid = GridField
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     STATISTIC = "hessian"
@@ -261,6 +316,7 @@ class GPTQ(DataAwareOperator):
             group_size=c.group_size,
             block_size=c.block_size,
             damp=c.damp,
+            grid=c.grid,
             inplace=True,  # weight is the driver's own copy
         )
         return value, value != 0

@@ -52,7 +52,7 @@ def test_export_state_dict(recipe: Path, tmp_path: Path) -> None:
     )
     weights = torch.load(tmp_path / "m.pt", weights_only=True)
     assert (weights["1.weight"] == 0).float().mean() > 0.5
-    assert main(["export", str(out), "--format", "nonsense"]) == 1
+    assert main(["export", str(out), "--format", "nonsense"]) == 2
 
 
 def test_explain_shows_the_timeline(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +107,7 @@ def test_evaluate_a_finished_run_leaves_it_untouched(
     assert [row["target_sparsity"] for row in rows] == [0.5, 0.9]
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert (out / "checkpoint.pt").read_bytes() == before
-    assert main(["evaluate", str(tmp_path / "missing")]) == 1
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
 
 
 @pytest.mark.parametrize(
