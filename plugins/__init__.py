@@ -10,7 +10,7 @@ loads them by these names and never imports them itself. Families:
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
 * ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
 * ``export`` — state_dict, pruned, semi-structured, hf, compressed-tensors,
-  sparse; * ``zoo`` — models, datasets, tasks,
+  sparse, onnx (and the ``deployment`` evaluator); * ``zoo`` — models, datasets, tasks,
   and torchvision's (``vision``: imported only when used);
 * ``posttrain`` — Wanda, SparseGPT, quant/GPTQ, the quantized export (data-aware one-shot);
 * ``launch`` — where a study's trials run: ``local`` (``--jobs N``), ``submitit`` (Slurm).
@@ -41,6 +41,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.zoo.resnet",
     "compressor_plugins.channel.operator",
     "compressor_plugins.export.pruned",
+    "compressor_plugins.export.onnx_export",
     "compressor_plugins.evaluate.realised",
     "compressor_plugins.zoo.vision",
     "compressor_plugins.posttrain.wanda",

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 constraints="$root/scripts/constraints.txt"
-extras="dev,hf,sparse,compressed-tensors,lightning,accelerate,submitit,tensorboard,mlflow"  # every extra whose tests run with the real packages
+extras="dev,hf,sparse,compressed-tensors,lightning,accelerate,submitit,tensorboard,mlflow,onnx"  # every extra whose tests run with the real packages
 case "${1:-}" in
   "") ;;
   --vision)

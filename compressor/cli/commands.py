@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -220,7 +221,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         entry = registry.get(args.format)
     except KeyError as exc:
         raise InputError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
-    exporter = entry.cls(entry.config.model_validate({"format": args.format}))
+    options: dict[str, Any] = {"format": args.format}
+    if args.int8:
+        options["int8"] = True
+    try:
+        config = entry.config.model_validate(options)
+    except ValidationError:
+        raise InputError(f"--int8 does not apply to --format {args.format}") from None
+    exporter = entry.cls(config)
     run_dir = Path(args.run)
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}{exporter.suffix}"
     if target.exists() and not args.overwrite:
@@ -353,6 +361,7 @@ def register_commands(sub: argparse._SubParsersAction, plugins: Plugins) -> None
     )
     p.add_argument("--out", help="file (or folder) to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--int8", action="store_true", help="--format onnx: static int8 (W8A8, QDQ)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

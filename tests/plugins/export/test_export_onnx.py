@@ -1,0 +1,171 @@
+"""``onnx`` export: through the CLI on a tiny CNN and a tiny GPT-2 (fp32 and static int8), the
+physically smaller graph of a channel-pruned model, and the clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from compressor.cli.main import main
+from compressor.train.restore import restore_run
+from compressor_plugins.export import onnx_export
+from compressor_plugins.export.onnx_export import OnnxExportError, export_graph, export_onnx
+from tests.plugins.export.test_export_pruned import channel_masks, masked_copy
+from tests.plugins.zoo.test_hf import GPT2, write_text
+from tests.support.channel import mnist1d_cnn
+
+CNN = """\
+version: 1
+name: tinycnn
+model: {name: mnist1d_cnn, width: 8}
+data: {name: mnist1d, samples: 400, seed: 1, batch_size: 32}
+train: {epochs: 1, seed: 0}
+optimizer: {name: sgd, lr: 0.05}
+"""
+
+
+def load(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("onnx-cnn")
+    (root / "r.yaml").write_text(CNN)
+    assert main(["run", str(root / "r.yaml"), "--out", str(root / "run"), "--quiet"]) == 0
+    return root / "run"
+
+
+def test_cli_fp32_export_matches_torch_at_any_batch_size(cnn_run: Path) -> None:
+    assert main(["export", str(cnn_run), "--format", "onnx"]) == 0
+    report = json.loads((cnn_run / "export-onnx.json").read_text())
+    assert report["fp32"]["relative_diff"] <= 1e-4 and report["dynamic_axes"]["batch"]
+    model = restore_run(cnn_run).model.eval()
+    graph = load(cnn_run / "export-onnx.onnx")
+    (name,) = [i.name for i in graph.get_inputs()]
+    for batch in (1, 5):
+        x = torch.randn(batch, 40, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = graph.run(None, {name: x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_cli_int8_export_is_quantized_and_checked(cnn_run: Path) -> None:
+    out = cnn_run / "int8" / "model.onnx"
+    assert main(["export", str(cnn_run), "--format", "onnx", "--int8", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    weights = [
+        i for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights  # int8 weights are stored, per channel
+    check = report["int8_check"]
+    assert report["int8"] and 0.5 <= check["top1_agreement"] <= 1.0
+    assert 0 < check["max_abs_diff"] < check["logit_scale"]
+    assert report["bytes"] == out.stat().st_size
+    assert not list(out.parent.glob(".onnx-*"))  # no temporary left behind
+
+
+def test_channel_pruned_model_exports_the_smaller_graph(tmp_path: Path) -> None:
+    model = mnist1d_cnn().eval()
+    masks = channel_masks(model)
+    masked = masked_copy(model, masks)
+    x = torch.randn(4, 40, generator=torch.Generator().manual_seed(0))
+    dense_report = export_onnx(masked, tmp_path / "dense.onnx", x)
+    report = export_onnx(masked, tmp_path / "small.onnx", x, masks=masks)
+    assert report["channels_removed"] and not dense_report["channels_removed"]
+
+    def weights(path: Path) -> int:
+        return sum(int(np.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer)
+
+    assert weights(tmp_path / "small.onnx") < 0.6 * weights(tmp_path / "dense.onnx")
+    with torch.no_grad():
+        expected = masked(x).numpy()
+    got = load(tmp_path / "small.onnx").run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_cli_exports_a_tiny_gpt2_with_dynamic_batch_and_sequence(tmp_path: Path) -> None:
+    write_text(tmp_path / "corpus.txt")
+    (tmp_path / "r.yaml").write_text(
+        f"name: lm\nmodel: {GPT2}\n"
+        f"data: {{name: text, path: {tmp_path / 'corpus.txt'}, block_size: 16, batch_size: 8}}\n"
+        "train: {epochs: 1, max_steps: 2}\noptimizer: {name: adamw, lr: 1.0e-3}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(["export", str(run), "--format", "onnx", "--int8", "--out", str(run / "q.onnx")]) == 0
+    )
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    report = json.loads((run / "export-onnx.json").read_text())
+    assert report["dynamic_axes"] == {"batch": True, "sequence": True}
+    assert report["fp32"]["relative_diff"] <= 1e-4
+    assert json.loads((run / "q.json").read_text())["int8_check"]["top1_agreement"] > 0.5
+    model = restore_run(run).model.eval()
+    graph = load(run / "export-onnx.onnx")
+    assert [i.name for i in graph.get_inputs()] == ["input_ids"]
+    assert [o.name for o in graph.get_outputs()] == ["logits"]
+    ids = torch.randint(0, 257, (3, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(ids).logits.numpy()
+    got = graph.run(None, {"input_ids": ids.numpy()})[0]
+    assert got.shape == (3, 11, expected.shape[-1])
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.export cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_untraceable_module_is_one_line_naming_it(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), Branchy(), nn.Linear(4, 2))
+    with pytest.raises(OnnxExportError) as caught:
+        export_graph(model, torch.randn(3, 4), tmp_path / "m.onnx")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("cannot export Sequential to ONNX: module 1 (Branchy): ")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_errors_are_one_clean_line(
+    cnn_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", str(empty), "--format", "onnx"]) == 1
+    assert main(["export", str(cnn_run), "--format", "state_dict", "--int8"]) == 1
+    assert "--int8 does not apply to --format state_dict" in capsys.readouterr().err
+    real = onnx_export.importlib.import_module
+
+    def no_onnxscript(name: str) -> object:
+        if name == "onnxscript":
+            raise ImportError(name)
+        return real(name)
+
+    monkeypatch.setattr(onnx_export.importlib, "import_module", no_onnxscript)
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(cnn_run), "--format", "onnx", "--out", str(out)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: ONNX export needs the package 'onnxscript': pip install 'compressor[onnx]'"
+    )
+    assert not out.exists() and not out.with_suffix(".json").exists()
