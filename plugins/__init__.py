@@ -42,6 +42,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.channel.operator",
     "compressor_plugins.export.pruned",
     "compressor_plugins.export.onnx_export",
+    "compressor_plugins.export.deployment",
     "compressor_plugins.evaluate.realised",
     "compressor_plugins.zoo.vision",
     "compressor_plugins.posttrain.wanda",

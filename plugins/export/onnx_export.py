@@ -304,10 +304,12 @@ def export_onnx(
     int8: bool = False,
     masks: Mapping[str, torch.Tensor] | None = None,
     rtol: float = FP32_RTOL,
+    fp32_path: Path | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``path`` (fp32, or static int8 calibrated on ``calibration()``),
     check it against torch on ``inputs`` and return the report; ``path`` is replaced only by a
-    checked file. Channel-prunable ``masks`` give the physically smaller graph."""
+    checked file. Channel-prunable ``masks`` give the physically smaller graph. With ``int8``,
+    ``fp32_path`` keeps the checked fp32 graph too (one trace for both files)."""
     require_onnx()
     path = Path(path)
     if int8 and calibration is None:
@@ -332,6 +334,8 @@ def export_onnx(
             quantize_int8(fp32, final, calibration())
             report["int8_check"] = {**check(session(final), model, inputs)}
             report["int8_check"]["bytes"] = final.stat().st_size
+            if fp32_path is not None:
+                os.replace(fp32, fp32_path)
         os.replace(final, path)
     report["bytes"] = path.stat().st_size
     return report

@@ -199,6 +199,7 @@ def test_the_embedded_default_study_validates(plugins: Plugins) -> None:
     epochs = {t.recipe.config.train.epochs for t in study.trials}
     assert epochs == {8}
     assert all(t.recipe.config.evaluate.oneshot is not None for t in study.trials)
+    assert all(t.recipe.config.evaluate.deployment is not None for t in study.trials)
 
 
 def test_labels_that_sanitise_alike_get_their_own_folders(plugins: Plugins, tmp_path: Path) -> None:
