@@ -1,0 +1,310 @@
+"""D — deployment in ONNX Runtime (BENCHMARKS.md D; issue 22).
+
+Two halves, one result file (``bench/results/deploy.json``):
+
+* **speed** (ResNet-20, the model of ``recipes/channel-resnet20.yaml``, CIFAR-shaped inputs):
+  torch eager fp32, ONNX Runtime fp32, ONNX Runtime static int8 (W8A8 QDQ, per-channel
+  weights) and the 50%-channel-pruned model (the ``channel`` operator's masks with
+  ``round_to: 8``, exported as the physically smaller graph) in int8 — all in this process, one
+  thread, timed in alternation at batch 1 and 64; medians of process CPU time (wall medians
+  beside them). Latency does not depend on the weights' values, so the models are freshly
+  initialised and int8 is calibrated on random inputs.
+* **accuracy** (the study ``bench/studies/deploy.yaml``: SGD and CrAM+ Multi on the Q model,
+  3 seeds): the int8 model's test accuracy measured in ONNX Runtime against the float model's,
+  from the ``deployment`` evaluator.
+
+Bars: int8/ORT-fp32 ≥ 2.0× at batch 1 and 64; int8/torch ≥ 3×; channel-50% + int8 ≥ 5× the
+dense torch model at batch 64; int8 accuracy within 0.5 point of float for every seed.
+
+    python bench/deploy.py                 # train what is missing, time, report
+    python bench/deploy.py --report-only   # the accuracy half from the store; speed re-timed
+    python bench/deploy.py --smoke         # tiny models and data (CI)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/deploy.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, machine, study_parser  # noqa: E402
+from bench.robustness import collect, load, run, stats, value  # noqa: E402
+
+STUDY = ROOT / "bench" / "studies" / "deploy.yaml"
+SMOKE_SET = [
+    "data.samples=300",
+    "data.batch_size=60",
+    "model.width=8",
+    "train.epochs=1",
+    "evaluate.deployment.batch_sizes=[1, 4]",
+    "evaluate.deployment.repeats=2",
+    "evaluate.deployment.calibration_batches=2",
+]
+ACCURACY_BAR = 0.5  # percentage points, |int8 - float| for every seed
+RUNTIMES = ("torch", "ort_fp32", "ort_int8", "channel50_int8")
+
+
+def speed_models(smoke: bool) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
+    """The dense model, its channel masks at 50% and the input shape (without batch)."""
+    import torch
+
+    from compressor.kit.selection import select_targets
+    from compressor_plugins.channel.operator import Channel
+    from compressor_plugins.zoo.models import MNIST1DCNN
+    from compressor_plugins.zoo.resnet import ResNetCIFAR
+
+    torch.manual_seed(0)
+    if smoke:
+        model, shape = MNIST1DCNN(40, 10, 16), (40,)
+    else:
+        model, shape = ResNetCIFAR(10, 3, input_shape=(3, 32, 32)), (3, 32, 32)
+    model.eval()
+    operator = Channel(Channel.Config(kind="channel", round_to=8))  # type: ignore[call-arg]
+    operator.bind(model, select_targets(model))
+    masks = operator.masks({t.name: t.param for t in operator.targets}, 0.5)
+    return model, masks, shape
+
+
+def speed(smoke: bool, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
+    """Export the three ONNX models and time the four runtimes side by side, one thread."""
+    import copy
+
+    import torch
+
+    from compressor_plugins.export.deployment import interleaved_times
+    from compressor_plugins.export.onnx_export import export_onnx, feeds, session
+
+    torch.set_num_threads(1)
+    model, masks, shape = speed_models(smoke)
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(32, *shape, generator=generator) for _ in range(8)]
+    check = calibration[0]
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            masked.get_parameter(name).mul_(mask)
+    out: dict[str, Any] = {"model": type(model).__name__, "input_shape": list(shape)}
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
+        paths = {name: Path(tmp) / f"{name}.onnx" for name in RUNTIMES[1:]}
+        reports = {
+            "int8": export_onnx(
+                model,
+                paths["ort_int8"],
+                check,
+                calibration=lambda: iter(calibration),
+                int8=True,
+                fp32_path=paths["ort_fp32"],
+            ),
+            "channel50_int8": export_onnx(
+                masked,
+                paths["channel50_int8"],
+                check,
+                calibration=lambda: iter(calibration),
+                int8=True,
+                masks=masks,
+            ),
+        }
+        out["checks"] = {
+            "fp32_relative_diff": reports["int8"]["fp32"]["relative_diff"],
+            "int8_top1_agreement": reports["int8"]["int8_check"]["top1_agreement"],
+            "channel50_params": reports["channel50_int8"].get("params"),
+        }
+        out["bytes"] = {name: path.stat().st_size for name, path in paths.items()}
+        sessions = {name: session(path, 1) for name, path in paths.items()}
+        model.eval()
+        for batch in batches:
+            x = torch.randn(batch, *shape, generator=generator)
+            data = feeds(x)
+            calls: dict[str, Any] = {"torch": lambda x=x: model(x)}
+            for name, graph in sessions.items():
+                calls[name] = functools.partial(graph.run, None, data)
+            times = interleaved_times(calls, repeats=rounds if batch == 1 else max(rounds // 4, 2))
+            out[f"batch{batch}"] = times
+    return out
+
+
+def speed_ratios(result: dict[str, Any], batches: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """CPU-time ratios per batch: how many times faster the second runtime is."""
+    ratios: dict[str, dict[str, float]] = {}
+    for batch in batches:
+        t = result[f"batch{batch}"]
+        ratios[f"batch{batch}"] = {
+            "int8_vs_ort_fp32": t["ort_fp32"]["cpu_ms"] / t["ort_int8"]["cpu_ms"],
+            "int8_vs_torch": t["torch"]["cpu_ms"] / t["ort_int8"]["cpu_ms"],
+            "ort_fp32_vs_torch": t["torch"]["cpu_ms"] / t["ort_fp32"]["cpu_ms"],
+            "channel50_int8_vs_torch": t["torch"]["cpu_ms"] / t["channel50_int8"]["cpu_ms"],
+        }
+    return ratios
+
+
+def accuracy(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Per label: float and int8 test accuracy (%, as ``value`` gives it) per seed, and the
+    differences in points."""
+    table: dict[str, Any] = {}
+    for label, by_seed in runs.items():
+        per_seed: dict[int, dict[str, float]] = {}
+        for seed, one in sorted(by_seed.items()):
+            int8 = value(one, "deployment:int8_accuracy")
+            delta = value(one, "deployment:int8_delta_accuracy")
+            if int8 is None or delta is None:
+                continue
+            per_seed[seed] = {"float": int8 - delta, "int8": int8, "delta": delta}
+        table[label] = {
+            "per_seed": per_seed,
+            "delta": stats([row["delta"] for row in per_seed.values()]) if per_seed else None,
+        }
+    return table
+
+
+def bars(
+    ratios: dict[str, dict[str, float]], acc: dict[str, Any], batches: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def bar(name: str, measured: float, need: float, above: bool = True) -> None:
+        ok = measured >= need if above else measured <= need
+        margin = measured - need if above else need - measured
+        rows.append(
+            {
+                "bar": name,
+                "measured": measured,
+                "need": need,
+                "margin": margin,
+                "status": "PASS" if ok else "MISS",
+            }
+        )
+
+    for batch in batches:
+        r = ratios[f"batch{batch}"]
+        bar(f"int8 / ORT fp32, b{batch}", r["int8_vs_ort_fp32"], 2.0)
+        bar(f"int8 / torch fp32, b{batch}", r["int8_vs_torch"], 3.0)
+    last = f"batch{batches[-1]}"
+    bar(
+        f"channel50+int8 / dense torch, b{batches[-1]}",
+        ratios[last]["channel50_int8_vs_torch"],
+        5.0,
+    )
+    for label, row in acc.items():
+        deltas = [abs(d["delta"]) for d in row["per_seed"].values()]
+        if deltas:
+            bar(f"{label}: max |int8 - float| over seeds (pt)", max(deltas), ACCURACY_BAR, False)
+    return rows
+
+
+def render(
+    result: dict[str, Any],
+    ratios: dict[str, Any],
+    acc: dict[str, Any],
+    rows: list[dict[str, Any]],
+    batches: tuple[int, ...],
+) -> str:
+    lines = [
+        f"D speed: {result['model']}, one thread, median ms per batch (process CPU time; wall)",
+        "",
+    ]
+    lines += [
+        "| runtime | " + " | ".join(f"b{b}" for b in batches) + " | file KB |",
+        "|---|" + "---|" * (len(batches) + 1),
+    ]
+    for name in RUNTIMES:
+        cells = [
+            f"{result[f'batch{b}'][name]['cpu_ms']:.2f} ({result[f'batch{b}'][name]['wall_ms']:.2f})"
+            for b in batches
+        ]
+        size = result["bytes"].get(name)
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {size / 1024:.0f} |"
+            if size
+            else f"| {name} | " + " | ".join(cells) + " | – |"
+        )
+    lines += [
+        "",
+        "| ratio (CPU time) | " + " | ".join(f"b{b}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for key in (
+        "int8_vs_ort_fp32",
+        "int8_vs_torch",
+        "ort_fp32_vs_torch",
+        "channel50_int8_vs_torch",
+    ):
+        lines.append(
+            f"| {key} | " + " | ".join(f"{ratios[f'batch{b}'][key]:.2f}" for b in batches) + " |"
+        )
+    lines += ["", "D accuracy: test accuracy % (float torch vs static int8 in ONNX Runtime)", ""]
+    lines += ["| model | seed | float | int8 | Δ pt |", "|---|---|---|---|---|"]
+    for label, row in acc.items():
+        for seed, d in row["per_seed"].items():
+            lines.append(
+                f"| {label} | {seed} | {d['float']:.2f} | {d['int8']:.2f} | {d['delta']:+.2f} |"
+            )
+    lines += ["", "Bars", "", "| bar | measured | need | status |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['bar']} | {row['measured']:.2f} | {row['need']:g} | {row['status']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__.split("\n\n")[0], smoke="tiny models and data (CI)", study=STUDY)
+    parser.add_argument("--rounds", type=int, default=60, help="timed rounds at batch 1")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    study_path = args.study.resolve()
+    overrides = list(args.overrides)
+    seeds = args.seeds
+    batches = (1, 64)
+    rounds = args.rounds
+    if args.smoke:
+        overrides = SMOKE_SET + overrides
+        seeds = seeds or [0]
+        batches, rounds = (1, 4), 4
+    out = args.out or (RESULTS / (f"{study_path.stem}-smoke" if args.smoke else study_path.stem))
+    out = out.resolve()
+    started = time.perf_counter()
+    if not args.report_only:
+        study, plugins = load(study_path, out, seeds, overrides)
+        run(study, plugins, out, not (args.quiet or args.smoke), args.jobs, args.threads)
+    runs = collect(out)
+    if seeds is not None:
+        runs = {label: {s: r for s, r in by.items() if s in seeds} for label, by in runs.items()}
+    acc = accuracy(runs)
+    result = speed(args.smoke, rounds, batches)
+    ratios = speed_ratios(result, batches)
+    rows = bars(ratios, acc, batches)
+    text = render(result, ratios, acc, rows, batches)
+    print(text)
+    payload = {
+        "smoke": args.smoke,
+        "overrides": overrides,
+        "seeds_done": {label: sorted(by) for label, by in runs.items()},
+        "elapsed_s": time.perf_counter() - started,
+        "speed": result,
+        "ratios": ratios,
+        "accuracy": acc,
+        "bars": rows,
+        "tables_markdown": text,
+    }
+    path = args.json or (RESULTS / ("deploy-smoke.json" if args.smoke else "deploy.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
