@@ -5,7 +5,8 @@ Two halves, one result file (``bench/results/deploy.json``):
 * **speed** (ResNet-20, the model of ``recipes/channel-resnet20.yaml``, CIFAR-shaped inputs):
   torch eager fp32, ONNX Runtime fp32, ONNX Runtime static int8 (W8A8 QDQ, per-channel
   weights) and the 50%-channel-pruned model (the ``channel`` operator's masks with
-  ``round_to: 8``, exported as the physically smaller graph) in int8 — all in this process, one
+  ``round_to: 8``, exported as the physically smaller graph) in fp32 and int8, and the model
+  with 90% unstructured (global magnitude) zeros in fp32 ORT — all in this process, one
   thread, timed in alternation at batch 1 and 64; medians of process CPU time (wall medians
   beside them). Latency does not depend on the weights' values, so the models are freshly
   initialised and int8 is calibrated on random inputs.
@@ -50,15 +51,42 @@ SMOKE_SET = [
     "evaluate.deployment.calibration_batches=2",
 ]
 ACCURACY_BAR = 0.5  # percentage points, |int8 - float| for every seed
-RUNTIMES = ("torch", "ort_fp32", "ort_int8", "channel50_int8")
+RUNTIMES = (
+    "torch",
+    "ort_fp32",
+    "ort_int8",
+    "channel50_fp32",
+    "channel50_int8",
+    "unstructured90_fp32",
+)
 
 
-def speed_models(smoke: bool) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
-    """The dense model, its channel masks at 50% and the input shape (without batch)."""
+def masks_of(model: Any, operator: Any, sparsity: float) -> dict[str, Any]:
+    from compressor.kit.selection import select_targets
+
+    operator.bind(model, select_targets(model))
+    return dict(operator.masks({t.name: t.param for t in operator.targets}, sparsity))
+
+
+def masked(model: Any, masks: dict[str, Any]) -> Any:
+    import copy
+
     import torch
 
-    from compressor.kit.selection import select_targets
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            out.get_parameter(name).mul_(mask)
+    return out.eval()
+
+
+def speed_models(smoke: bool) -> tuple[Any, dict[str, Any], dict[str, Any], tuple[int, ...]]:
+    """The dense model, its channel masks at 50% and its unstructured (global magnitude) masks
+    at 90%, and the input shape (without batch)."""
+    import torch
+
     from compressor_plugins.channel.operator import Channel
+    from compressor_plugins.prune.magnitude import Magnitude
     from compressor_plugins.zoo.models import MNIST1DCNN
     from compressor_plugins.zoo.resnet import ResNetCIFAR
 
@@ -68,15 +96,13 @@ def speed_models(smoke: bool) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
     else:
         model, shape = ResNetCIFAR(10, 3, input_shape=(3, 32, 32)), (3, 32, 32)
     model.eval()
-    operator = Channel(Channel.Config(kind="channel", round_to=8))  # type: ignore[call-arg]
-    operator.bind(model, select_targets(model))
-    masks = operator.masks({t.name: t.param for t in operator.targets}, 0.5)
-    return model, masks, shape
+    channel = Channel(Channel.Config(kind="channel", round_to=8))  # type: ignore[call-arg]
+    magnitude = Magnitude(Magnitude.Config(kind="magnitude"))
+    return model, masks_of(model, channel, 0.5), masks_of(model, magnitude, 0.9), shape
 
 
 def speed(smoke: bool, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
-    """Export the three ONNX models and time the four runtimes side by side, one thread."""
-    import copy
+    """Export the ONNX models and time every runtime side by side, one thread."""
 
     import torch
 
@@ -84,14 +110,10 @@ def speed(smoke: bool, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
     from compressor_plugins.export.onnx_export import export_onnx, feeds, session
 
     torch.set_num_threads(1)
-    model, masks, shape = speed_models(smoke)
+    model, channel_masks, unstructured_masks, shape = speed_models(smoke)
     generator = torch.Generator().manual_seed(0)
     calibration = [torch.randn(32, *shape, generator=generator) for _ in range(8)]
     check = calibration[0]
-    masked = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            masked.get_parameter(name).mul_(mask)
     out: dict[str, Any] = {"model": type(model).__name__, "input_shape": list(shape)}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         paths = {name: Path(tmp) / f"{name}.onnx" for name in RUNTIMES[1:]}
@@ -105,12 +127,19 @@ def speed(smoke: bool, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
                 fp32_path=paths["ort_fp32"],
             ),
             "channel50_int8": export_onnx(
-                masked,
+                masked(model, channel_masks),
                 paths["channel50_int8"],
                 check,
                 calibration=lambda: iter(calibration),
                 int8=True,
-                masks=masks,
+                masks=channel_masks,
+                fp32_path=paths["channel50_fp32"],
+            ),
+            "unstructured90_fp32": export_onnx(
+                masked(model, unstructured_masks),
+                paths["unstructured90_fp32"],
+                check,
+                masks=unstructured_masks,
             ),
         }
         out["checks"] = {
@@ -142,6 +171,10 @@ def speed_ratios(result: dict[str, Any], batches: tuple[int, ...]) -> dict[str, 
             "int8_vs_torch": t["torch"]["cpu_ms"] / t["ort_int8"]["cpu_ms"],
             "ort_fp32_vs_torch": t["torch"]["cpu_ms"] / t["ort_fp32"]["cpu_ms"],
             "channel50_int8_vs_torch": t["torch"]["cpu_ms"] / t["channel50_int8"]["cpu_ms"],
+            "channel50_fp32_vs_ort_fp32": t["ort_fp32"]["cpu_ms"] / t["channel50_fp32"]["cpu_ms"],
+            "unstructured90_vs_ort_fp32": (
+                t["ort_fp32"]["cpu_ms"] / t["unstructured90_fp32"]["cpu_ms"]
+            ),
         }
     return ratios
 
@@ -231,12 +264,7 @@ def render(
         "| ratio (CPU time) | " + " | ".join(f"b{b}" for b in batches) + " |",
         "|---|" + "---|" * len(batches),
     ]
-    for key in (
-        "int8_vs_ort_fp32",
-        "int8_vs_torch",
-        "ort_fp32_vs_torch",
-        "channel50_int8_vs_torch",
-    ):
+    for key in ratios[f"batch{batches[0]}"]:
         lines.append(
             f"| {key} | " + " | ".join(f"{ratios[f'batch{b}'][key]:.2f}" for b in batches) + " |"
         )

@@ -28,7 +28,14 @@ def test_deploy_smoke(tmp_path: Path) -> None:
         row = payload["accuracy"][label]["per_seed"]["0"]
         assert 0 <= row["int8"] <= 100 and row["delta"] == row["int8"] - row["float"]
     for batch in ("batch1", "batch4"):
-        assert set(payload["speed"][batch]) == {"torch", "ort_fp32", "ort_int8", "channel50_int8"}
+        assert set(payload["speed"][batch]) == {
+            "torch",
+            "ort_fp32",
+            "ort_int8",
+            "channel50_fp32",
+            "channel50_int8",
+            "unstructured90_fp32",
+        }
     assert payload["speed"]["checks"]["fp32_relative_diff"] <= 1e-4
     params = payload["speed"]["checks"]["channel50_params"]
     assert params["pruned"] < params["dense"]  # the pruned graph is physically smaller
