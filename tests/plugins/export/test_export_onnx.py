@@ -19,7 +19,9 @@ from compressor_plugins.export import onnx_export
 from compressor_plugins.export.onnx_export import OnnxExportError, export_graph, export_onnx
 from tests.plugins.export.test_export_pruned import channel_masks, masked_copy
 from tests.plugins.zoo.test_hf import GPT2, write_text
+from tests.support import ROOT
 from tests.support.channel import mnist1d_cnn
+from tests.support.docs import marked_blocks
 
 CNN = """\
 version: 1
@@ -169,3 +171,16 @@ def test_cli_errors_are_one_clean_line(
         "error: ONNX export needs the package 'onnxscript': pip install 'compressor[onnx]'"
     )
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_the_loading_code_in_exporting_md_runs(cnn_run: Path) -> None:
+    if not (cnn_run / "export-onnx.onnx").exists():
+        assert main(["export", str(cnn_run), "--format", "onnx"]) == 0
+    page = (ROOT / "docs" / "exporting.md").read_text()
+    code = marked_blocks(page, "example")["load-onnx"]
+    namespace: dict[str, object] = {"run": cnn_run}
+    exec(compile(code, "exporting.md", "exec"), namespace)
+    x = torch.from_numpy(namespace["x"])  # type: ignore[arg-type]
+    with torch.no_grad():
+        expected = restore_run(cnn_run).model.eval()(x)
+    assert namespace["predicted"].tolist() == expected.argmax(-1).tolist()  # type: ignore[attr-defined]
