@@ -25,7 +25,6 @@ dense torch model at batch 64; int8 accuracy within 0.5 point of float for every
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/deploy.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, machine, study_parser  # noqa: E402
+from bench.common import RESULTS, result_path, study_parser, write_payload  # noqa: E402
 from bench.robustness import collect, load, run, stats, value  # noqa: E402
 
 STUDY = ROOT / "bench" / "studies" / "deploy.yaml"
@@ -327,10 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "bars": rows,
         "tables_markdown": text,
     }
-    path = args.json or (RESULTS / ("deploy-smoke.json" if args.smoke else "deploy.json"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_payload(payload, args.json or result_path("deploy-smoke" if args.smoke else "deploy"))
     return 0
 
 

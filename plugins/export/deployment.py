@@ -35,6 +35,7 @@ from compressor.plugin_api import (
     Evaluator,
     TypeConfig,
     hookimpl,
+    serialized_bytes,
     torch_threads,
 )
 from compressor_plugins.export.onnx_export import (
@@ -46,7 +47,6 @@ from compressor_plugins.export.onnx_export import (
     run_inputs,
     session,
 )
-from compressor_plugins.export.pruned import serialized_bytes
 
 
 def interleaved_times(

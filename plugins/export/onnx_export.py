@@ -38,10 +38,10 @@ from compressor.plugin_api import (
     Exporter,
     TypeConfig,
     atomic_write_json,
+    export_pruned,
     hookimpl,
     logits_of,
 )
-from compressor_plugins.export.pruned import export_pruned
 
 FORMAT = "compressor-onnx/1"
 EXTRA = "onnx"
