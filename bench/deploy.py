@@ -105,7 +105,7 @@ def speed(smoke: bool, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
 
     import torch
 
-    from compressor_plugins.export.deployment import interleaved_times
+    from compressor.plugin_api import interleaved_times
     from compressor_plugins.export.onnx_export import export_onnx, feeds, session
 
     torch.set_num_threads(1)

@@ -77,7 +77,7 @@ from compressor.kit.files import (
 )
 from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
 from compressor.kit.grids import ct_dequantize, ct_quantize, ct_range, ct_scale
-from compressor.kit.latency import compare_latency
+from compressor.kit.latency import compare_latency, interleaved_times
 from compressor.kit.nm import (
     NMSkippedWarning,
     from_group_layout,
@@ -185,6 +185,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "PRUNED_FORMAT",
     "serialized_bytes",
     "compare_latency",
+    "interleaved_times",
     # Storage: bitmaps, compressed-tensors' integer grid
     "pack_bits",
     "unpack_bits",

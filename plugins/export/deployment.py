@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import nn
 
@@ -33,13 +30,14 @@ from compressor.plugin_api import (
     Evaluation,
     EvaluationContext,
     Evaluator,
+    InputError,
     TypeConfig,
     hookimpl,
+    interleaved_times,
     serialized_bytes,
     torch_threads,
 )
 from compressor_plugins.export.onnx_export import (
-    OnnxExportError,
     OrtModel,
     export_onnx,
     feeds,
@@ -47,31 +45,6 @@ from compressor_plugins.export.onnx_export import (
     run_inputs,
     session,
 )
-
-
-def interleaved_times(
-    calls: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 2
-) -> dict[str, dict[str, float]]:
-    """Median process-CPU and wall milliseconds per call of each entry, timed alternately with
-    the order rotated every round (no position bias)."""
-    names = list(calls)
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for call in calls.values():
-                call()
-        for round_ in range(repeats):
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
-                start_cpu, start_wall = time.process_time(), time.perf_counter()
-                calls[name]()
-                cpu[name].append((time.process_time() - start_cpu) * 1e3)
-                wall[name].append((time.perf_counter() - start_wall) * 1e3)
-    return {
-        name: {"cpu_ms": statistics.median(cpu[name]), "wall_ms": statistics.median(wall[name])}
-        for name in names
-    }
 
 
 def runtime_calls(
@@ -99,7 +72,7 @@ class Deployment(Evaluator):
     def check(self, context: CompressionContext) -> None:
         try:
             require_onnx()
-        except OnnxExportError as exc:
+        except InputError as exc:  # a missing package: located at the evaluator
             raise ConfigError(str(exc)) from None
 
     def run(self, context: EvaluationContext, model: nn.Module) -> Evaluation:

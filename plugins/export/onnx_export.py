@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import io
 import logging
 import os
@@ -33,35 +32,32 @@ from pydantic import Field
 from torch import nn
 
 from compressor.plugin_api import (
-    CompressorError,
     EvaluationContext,
     Exporter,
+    InputError,
     TypeConfig,
     atomic_write_json,
     export_pruned,
     hookimpl,
     logits_of,
+    require_package,
 )
 
 FORMAT = "compressor-onnx/1"
-EXTRA = "onnx"
+REQUIRES = (("onnx", "onnx"), ("onnxscript", "onnx"), ("onnxruntime", "onnx"))
 FP32_RTOL = 1e-4  # max |Δ| relative to the logits' scale, ORT vs torch (issue 22)
 OPSET = 18
 
 
-class OnnxExportError(CompressorError):
-    """The model cannot be exported to ONNX, or the exported graph does not match it."""
+class OnnxExportError(InputError):
+    """The model cannot be exported to ONNX, or the exported graph does not match it: the
+    user's model is the problem, so the CLI says so in one line and exits with code 2."""
 
 
 def require_onnx() -> None:
     """Import-check the ``onnx`` extra; a missing package names the extra to install."""
-    for name in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise OnnxExportError(
-                f"ONNX export needs the package {name!r}: pip install 'compressor[{EXTRA}]'"
-            ) from None
+    for module, extra in REQUIRES:
+        require_package(module, extra, "ONNX export")
 
 
 class _Logits(nn.Module):
@@ -373,9 +369,9 @@ class OnnxExporter(Exporter):
 
     Config = OnnxConfig
     suffix = ".onnx"
+    requires = REQUIRES
 
     def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
-        require_onnx()
         inputs, calibration = run_inputs(context, self.config)
         masks = {n: m for n in context.masks if (m := context.masks.get(n)) is not None}
         report = export_onnx(

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from compressor.cli.main import main
-from compressor_plugins.export.deployment import interleaved_times
 
 RECIPE = """\
 version: 1
@@ -25,17 +24,6 @@ CHANNEL = (
     "modifiers:\n  - {type: gmp, operator: {kind: channel}, "
     "schedule: {kind: linear, final: 0.5, end: 2, every: 1}}\n"
 )
-
-
-def test_interleaved_times_times_every_call_alike() -> None:
-    counts = {"a": 0, "b": 0}
-
-    def call(name: str) -> None:
-        counts[name] += 1
-
-    times = interleaved_times({n: (lambda n=n: call(n)) for n in counts}, repeats=5, warmup=1)
-    assert counts == {"a": 6, "b": 6}
-    assert set(times) == {"a", "b"} and all(t["cpu_ms"] >= 0 for t in times.values())
 
 
 def test_study_table_shows_deployment_columns(

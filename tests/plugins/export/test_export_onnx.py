@@ -4,6 +4,7 @@ physically smaller graph of a channel-pruned model, and the clean one-line error
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ from torch import nn
 
 from compressor.cli.main import main
 from compressor.train.restore import restore_run
-from compressor_plugins.export import onnx_export
 from compressor_plugins.export.onnx_export import OnnxExportError, export_graph, export_onnx
 from tests.plugins.export.test_export_pruned import channel_masks, masked_copy
 from tests.plugins.zoo.test_hf import GPT2, write_text
@@ -153,22 +153,21 @@ def test_cli_errors_are_one_clean_line(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["export", str(empty), "--format", "onnx"]) == 1
-    assert main(["export", str(cnn_run), "--format", "state_dict", "--int8"]) == 1
+    assert main(["export", str(empty), "--format", "onnx"]) == 2
+    assert main(["export", str(cnn_run), "--format", "state_dict", "--int8"]) == 2
     assert "--int8 does not apply to --format state_dict" in capsys.readouterr().err
-    real = onnx_export.importlib.import_module
-
-    def no_onnxscript(name: str) -> object:
-        if name == "onnxscript":
-            raise ImportError(name)
-        return real(name)
-
-    monkeypatch.setattr(onnx_export.importlib, "import_module", no_onnxscript)
+    existing = tmp_path / "existing.onnx"
+    existing.write_bytes(b"keep")
+    assert main(["export", str(cnn_run), "--format", "onnx", "--out", str(existing)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: {existing} exists: pass --overwrite to replace it"
+    assert existing.read_bytes() == b"keep" and not existing.with_suffix(".json").exists()
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # importing it raises ImportError
     out = tmp_path / "x.onnx"
-    assert main(["export", str(cnn_run), "--format", "onnx", "--out", str(out)]) == 1
+    assert main(["export", str(cnn_run), "--format", "onnx", "--out", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (
-        "error: ONNX export needs the package 'onnxscript': pip install 'compressor[onnx]'"
+        "error: --format onnx needs the 'onnxscript' package: pip install 'compressor[onnx]'"
     )
     assert not out.exists() and not out.with_suffix(".json").exists()
 
