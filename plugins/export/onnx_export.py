@@ -225,7 +225,7 @@ class OrtModel(nn.Module):
         return torch.from_numpy(self.session.run(None, feeds(inputs))[0])
 
 
-def check(ort_session: Any, model: nn.Module, inputs: Any) -> dict[str, float]:
+def against_torch(ort_session: Any, model: nn.Module, inputs: Any) -> dict[str, float]:
     """ONNX Runtime against torch on one batch: max |Δ|, the logits' scale, their ratio and
     top-1 agreement (over the last axis)."""
     names = input_names(inputs)
@@ -317,7 +317,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         report["dynamic_axes"] = export_graph(model, inputs, fp32)
-        fp32_check = check(session(fp32), model, inputs)
+        fp32_check = against_torch(session(fp32), model, inputs)
         report["fp32"] = {**fp32_check, "bytes": fp32.stat().st_size}
         if not fp32_check["relative_diff"] <= rtol:
             raise OnnxExportError(
@@ -329,7 +329,7 @@ def export_onnx(
             assert calibration is not None
             final = Path(tmp) / "int8.onnx"
             quantize_int8(fp32, final, calibration())
-            report["int8_check"] = {**check(session(final), model, inputs)}
+            report["int8_check"] = {**against_torch(session(final), model, inputs)}
             report["int8_check"]["bytes"] = final.stat().st_size
             if fp32_path is not None:
                 os.replace(fp32, fp32_path)
