@@ -21,10 +21,8 @@ medians. The bar: ≥ 1.5×. Run it niced on a shared machine::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.common import result_path, write_payload
 from compressor.plugin_api import select_targets, torch_threads
 from compressor_plugins.channel.transformer import Heads, Neurons
 from compressor_plugins.export.transformer import (
@@ -45,7 +44,6 @@ from compressor_plugins.export.transformer import (
 )
 from compressor_plugins.zoo.hf import require_transformers
 
-RESULTS = Path(__file__).parent / "results"
 BAR = 1.5
 NEURONS, HEADS = 0.5, 0.25
 
@@ -140,15 +138,9 @@ def run(smoke: bool, repeats: int, intermediate: int) -> dict[str, Any]:
     speedup = latency["dense"]["median_ms"] / latency["pruned"]["median_ms"]
     return {
         "benchmark": "structured transformer pruning (Llama-style, CPU, one thread)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "threads": 1,
-        },
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "timing_threads": 1,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "smoke": smoke,
         "model": {
@@ -220,10 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.smoke else 12)
     result = run(args.smoke, repeats, args.intermediate)
-    name = "transformer_pruning-smoke.json" if args.smoke else "transformer_pruning.json"
-    out = Path(args.out) if args.out else RESULTS / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    name = "transformer_pruning-smoke" if args.smoke else "transformer_pruning"
+    write_payload(result, Path(args.out) if args.out else result_path(name))
     print(table(result))
     ok = result["max_abs_diff"] <= 1e-5 and result["params"]["equal"]
     return 0 if ok else 1
