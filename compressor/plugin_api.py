@@ -56,6 +56,7 @@ from compressor.kit.channel_removal import (
     PRUNED_FORMAT,
     ExportError,
     export_pruned,
+    masked_copy,
     serialized_bytes,
 )
 from compressor.kit.channels import (
@@ -98,6 +99,7 @@ from compressor.kit.selection import (
 )
 from compressor.kit.threads import torch_threads
 from compressor.kit.topk import keep_count, kth_smallest, topk_mask, topk_masks
+from compressor.kit.transformer import LayoutError, UnitGroup, transformer_units
 from compressor.kit.two_pass import TwoPassConfig, TwoPassWrapper
 
 __all__ = [  # noqa: RUF022 — grouped by role, not sorted
@@ -157,7 +159,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "CompressorError",
     "ConfigError",
     "InputError",
-    # Mask toolkit: top-k, N:M, channels, gradual pruning, latency
+    # Mask toolkit: top-k, N:M, channels, transformer units, gradual pruning, latency
     "keep_count",
     "kth_smallest",
     "topk_mask",
@@ -181,11 +183,15 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "example_input",
     "output_layers",
     "export_pruned",
+    "masked_copy",
     "ExportError",
     "PRUNED_FORMAT",
     "serialized_bytes",
     "compare_latency",
     "interleaved_times",
+    "transformer_units",
+    "UnitGroup",
+    "LayoutError",
     # Storage: bitmaps, compressed-tensors' integer grid
     "pack_bits",
     "unpack_bits",

@@ -8,7 +8,7 @@ loads them by these names and never imports them itself. Families:
 
 * ``optim`` — sgd/adamw, schedules, SAM, CrAM;      * ``prune`` — magnitude, GMP, one-shot;
 * ``nm`` — N:M operator, gradual N:M, ``inspect``;  * ``blocks`` — blocks, unification, ADMM;
-* ``channel`` — channel operator (Torch-Pruning);   * ``evaluate`` — one-shot, realised;
+* ``channel`` — channel (Torch-Pruning), heads, neurons; * ``evaluate`` — one-shot, realised;
 * ``export`` — state_dict, pruned, semi-structured, hf, compressed-tensors,
   sparse, onnx (and the ``deployment`` evaluator); * ``zoo`` — models, datasets, tasks,
   and torchvision's (``vision``: imported only when used);
@@ -40,6 +40,7 @@ PLUGINS: tuple[str, ...] = (
     "compressor_plugins.evaluate.oneshot",
     "compressor_plugins.zoo.resnet",
     "compressor_plugins.channel.operator",
+    "compressor_plugins.channel.transformer",
     "compressor_plugins.export.pruned",
     "compressor_plugins.export.onnx_export",
     "compressor_plugins.export.deployment",

@@ -71,6 +71,18 @@ def count_macs_params(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
+def masked_copy(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> nn.Module:
+    """A copy of ``model`` in eval mode with ``masks`` multiplied into its weights."""
+    masked = copy.deepcopy(model).eval()
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for name, mask in (masks or {}).items():
+            if name not in params:
+                raise ExportError(f"mask for {name!r}, which the model does not have")
+            params[name].mul_(mask.to(params[name].device, params[name].dtype))
+    return masked
+
+
 def export_pruned(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor] | None = None,
@@ -86,13 +98,7 @@ def export_pruned(
     never modified. Raises :class:`ExportError` when outputs differ by more than ``atol``.
     """
     require_torch_pruning()
-    masked = copy.deepcopy(model).eval()
-    params = dict(masked.named_parameters())
-    with torch.no_grad():
-        for name, mask in (masks or {}).items():
-            if name not in params:
-                raise ExportError(f"mask for {name!r}, which the model does not have")
-            params[name].mul_(mask.to(params[name].device, params[name].dtype))
+    masked = masked_copy(model, masks)
     x = example_input(masked) if x is None else x
     small = copy.deepcopy(masked)
     graph = build_graph(small, x)

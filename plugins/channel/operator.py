@@ -58,7 +58,11 @@ from compressor.plugin_api import (
 
 def keep_channels(size: int, sparsity: float, round_to: int) -> int:
     """Channels kept in a group of ``size`` at ``sparsity`` (see the module docstring)."""
-    keep = keep_count(size, sparsity)
+    return round_count(keep_count(size, sparsity), size, round_to)
+
+
+def round_count(keep: int, size: int, round_to: int) -> int:
+    """``keep`` rounded to the nearest multiple of ``round_to``, within ``[max(1, r), size]``."""
     if round_to > 1:
         keep = round_to * int(keep / round_to + 0.5)
     return min(size, max(keep, round_to, 1))
@@ -74,7 +78,8 @@ def refuse_attention(model: nn.Module) -> None:
         ):
             raise ConfigError(
                 f"channel pruning does not prune attention heads, and '{name}' is an attention "
-                f"layer ({kind}): use an unstructured, N:M or block operator for this model"
+                f"layer ({kind}): use the heads/neurons operators (transformers) or an "
+                "unstructured, N:M or block operator for this model"
             )
         if kind == "Conv1D" and hasattr(module, "nf"):  # Hugging Face's transposed linear
             raise ConfigError(

@@ -39,8 +39,19 @@ from compressor.plugin_api import (
     export_pruned,
     hookimpl,
     load_checkpoint,
+    masked_copy,
     serialized_bytes,
     torch_threads,
+)
+from compressor_plugins.export.transformer import (
+    hf_config,
+    hf_folder_for,
+    max_diff,
+    module_attributes,
+    prune_transformer,
+    token_probe,
+    unit_groups,
+    write_hf_folder,
 )
 
 FORMAT = PRUNED_FORMAT
@@ -135,7 +146,8 @@ def load_pruned(
                 "load_pruned needs a dense model or a host to build one from the file's spec "
                 "(compressor.load_host())"
             )
-        info = DataInfo(tuple(payload["input_shape"]), int(payload["num_classes"]))
+        dtype = getattr(torch, str(payload.get("input_dtype", "float32")))  # int64: token ids
+        info = DataInfo(tuple(payload["input_shape"]), int(payload["num_classes"]), dtype)
         model = host.build_model(spec, info)
     return shrink_to(model, payload)
 
@@ -168,6 +180,61 @@ def export_report(
     return report
 
 
+def export_transformer(
+    context: EvaluationContext,
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    path: Path,
+    *,
+    atol: float = 1e-5,
+) -> Path:
+    """A transformer's dead heads and neurons removed (:mod:`.transformer`): the torch file
+    (same format, rebuilt by :func:`load_pruned`), its JSON report and, when every layer keeps
+    the same counts, an HF folder ``<stem>-hf/``. Everything is checked before it is written."""
+    masked = masked_copy(model, masks).cpu()
+    info = context.data_info
+    length = int(info.input_shape[-1]) if info and info.input_shape else 16
+    probe = token_probe(masked, length)
+    small, found = prune_transformer(masked)
+    diff = max_diff(small, masked, probe)
+    if not diff <= atol:
+        raise ExportError(
+            f"pruned transformer differs from the masked model by {diff:.3g} (> {atol:g}); "
+            "were its heads/neurons pruned by the heads/neurons operators?"
+        )
+    config = hf_config(small, found["groups"], found["kept"])
+    folder = hf_folder_for(path)
+    hf_diff = None
+    if not isinstance(config, str):
+        hf_diff = write_hf_folder(small, config, masked, folder, probe, atol)
+    payload = pruned_payload(
+        small, [length], context.model_spec, info.num_classes if info else None
+    )
+    payload["input_dtype"] = "int64"
+    for name, attrs in module_attributes(small, found["groups"]).items():
+        payload["modules"].setdefault(name, {}).update(attrs)
+    path = save_pruned(payload, path)
+    _, dense_params = count_params(masked)
+    report = {
+        "format": FORMAT,
+        "input_shape": [length],
+        "max_abs_diff": diff,
+        "params": {"dense": dense_params, "pruned": count_params(small)[1]},
+        "kept": found["kept"],
+        "hf_folder": str(folder) if hf_diff is not None else None,
+        "hf_max_abs_diff": hf_diff,
+        "hf_note": config if isinstance(config, str) else None,
+    }
+    atomic_write_json(report, path.with_suffix(".json"))
+    return path
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(tensors, parameters) of ``model``, shared weights counted once."""
+    params = list(model.parameters())
+    return len(params), sum(p.numel() for p in params)
+
+
 class PrunedExporter(Exporter):
     """``--format pruned``: the physically pruned model, plus ``<path stem>.json``; refused when
     no channel can be removed (unstructured zeros: ``--format sparse`` stores those)."""
@@ -178,6 +245,8 @@ class PrunedExporter(Exporter):
     def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
         masks = {n: m for n in context.masks if (m := context.masks.get(n)) is not None}
         info = context.data_info
+        if unit_groups(model):
+            return export_transformer(context, model, masks, Path(path))
         shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
         x = example_input(model, shape)
         small, report = export_pruned(model, masks, x)
