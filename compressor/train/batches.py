@@ -1,9 +1,10 @@
 """How the built-in loop reads data: batches whose order is a pure function of (seed, epoch).
 
-Two paths, one order. In-memory tensors (:class:`DataSplits`) are batched by indexing, with no
-DataLoader overhead. Datasets (:class:`Data`) go through a ``DataLoader`` (workers, pinned
-memory, persistent workers) driven by :class:`EpochBatches`, a batch sampler that yields the
-same index lists. Either way the batches of step ``k`` depend only on the seed and ``k``, so a
+Two paths, one order, one interface (:class:`BatchSource`, chosen once by
+:func:`batch_source`). In-memory tensors (:class:`DataSplits`) are batched by indexing, with no
+DataLoader overhead (:class:`TensorBatches`). Datasets (:class:`Data`) go through a
+``DataLoader`` (workers, pinned memory, persistent workers) driven by :class:`EpochBatches`, a
+batch sampler that yields the same index lists (:class:`LoaderBatches`). Either way the batches of step ``k`` depend only on the seed and ``k``, so a
 resumed run reads exactly what it would have read, and a rank's share of a batch can be cut
 from it (data parallelism).
 
@@ -11,7 +12,8 @@ Random augmentation is made a pure function of (seed, epoch, sample index) too: 
 is loaded with torch's CPU generator seeded from those three (and restored after the batch,
 so the training RNG is untouched), so resuming mid-epoch with workers reproduces the same
 augmented pixels. It costs a few microseconds per sample, and nothing for datasets that say
-they draw no random numbers (``Data.random = False``).
+they draw no random numbers (``Data.random = False``). :class:`StepBatches` groups the
+micro-batches of each optimizer step (gradient accumulation).
 """
 
 from __future__ import annotations
