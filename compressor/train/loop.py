@@ -68,7 +68,8 @@ __all__ = [
     "resume_key",
     "run",
 ]
-"""Names importable from here since 0.1 (several now live in the modules named above)."""
+"""The loop's public names; several live in the modules named above (CLI, study and restore
+import them from here)."""
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
