@@ -1,9 +1,10 @@
 """How the built-in loop reads data: batches whose order is a pure function of (seed, epoch).
 
-Two paths, one order. In-memory tensors (:class:`DataSplits`) are batched by indexing, with no
-DataLoader overhead. Datasets (:class:`Data`) go through a ``DataLoader`` (workers, pinned
-memory, persistent workers) driven by :class:`EpochBatches`, a batch sampler that yields the
-same index lists. Either way the batches of step ``k`` depend only on the seed and ``k``, so a
+Two paths, one order, one interface (:class:`BatchSource`, chosen once by
+:func:`batch_source`). In-memory tensors (:class:`DataSplits`) are batched by indexing, with no
+DataLoader overhead (:class:`TensorBatches`). Datasets (:class:`Data`) go through a
+``DataLoader`` (workers, pinned memory, persistent workers) driven by :class:`EpochBatches`, a
+batch sampler that yields the same index lists (:class:`LoaderBatches`). Either way the batches of step ``k`` depend only on the seed and ``k``, so a
 resumed run reads exactly what it would have read, and a rank's share of a batch can be cut
 from it (data parallelism).
 
@@ -11,12 +12,15 @@ Random augmentation is made a pure function of (seed, epoch, sample index) too: 
 is loaded with torch's CPU generator seeded from those three (and restored after the batch,
 so the training RNG is untouched), so resuming mid-epoch with workers reproduces the same
 augmented pixels. It costs a few microseconds per sample, and nothing for datasets that say
-they draw no random numbers (``Data.random = False``).
+they draw no random numbers (``Data.random = False``). :class:`StepBatches` groups the
+micro-batches of each optimizer step (gradient accumulation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,39 +164,106 @@ class LoaderSettings:
         return kwargs
 
 
-class Batches:
-    """The batches of a run: training micro-batches by (epoch, index), test batches, and
-    calibration batches; in-memory tensors are indexed, datasets read through a DataLoader."""
+def sample_count(data: Data | DataSplits) -> int:
+    """Training samples in ``data``."""
+    return int(data.train_x.shape[0]) if isinstance(data, DataSplits) else _length(data.train)
 
-    def __init__(self, data: Data | DataSplits, settings: LoaderSettings, seed: int) -> None:
-        if isinstance(data, DataSplits) and not settings.in_memory:
-            data = Data(data.train, data.test, data.info, random=False)  # tensors draw nothing
-        self.data = data
+
+def on_device(data: Data | DataSplits, device: str) -> Data | DataSplits:
+    """In-memory tensors move to the run's device once; datasets are moved batch by batch."""
+    return data.to(device) if isinstance(data, DataSplits) and device != "cpu" else data
+
+
+class BatchSource(ABC):
+    """The batches of a run: training micro-batches by (epoch, index), test batches, and
+    calibration batches. :func:`batch_source` picks the implementation once, so nothing
+    downstream asks what kind of data it reads."""
+
+    def __init__(self, samples: int, settings: LoaderSettings, seed: int) -> None:
+        self.samples = samples
         self.settings = settings
         self.seed = seed
-        self.in_memory = isinstance(data, DataSplits)
-        self.samples = (
-            int(data.train_x.shape[0]) if isinstance(data, DataSplits) else _length(data.train)
-        )
         self.per_epoch = batches_per_epoch(
-            self.samples, settings.batch_size * settings.ranks, settings.drops_last
+            samples, settings.batch_size * settings.ranks, settings.drops_last
         )
+
+    @abstractmethod
+    def train(self, epoch: int, start: int, stop: int) -> Iterator[Any]:
+        """Micro-batches ``start`` to ``stop`` (exclusive) of ``epoch``."""
+
+    @abstractmethod
+    def test(self) -> Iterator[Any]:
+        """The test set in order, in batches of ``eval_batch_size``."""
+
+    @abstractmethod
+    def example(self, batch: int) -> Any:
+        """The first ``batch`` test samples (cycled when the test set is smaller), one batch."""
+
+    @abstractmethod
+    def _calibration_samples(self) -> int: ...
+
+    @abstractmethod
+    def _calibration_rows(self, picks: list[torch.Tensor]) -> Iterator[Any]:
+        """One batch of calibration samples per index tensor in ``picks``."""
+
+    def calibration(self, samples: int, seed: int, batches: int, batch_size: int) -> Iterator[Any]:
+        """``batches`` batches of ``batch_size`` drawn (without replacement within a batch)
+        from a fixed subset of ``samples`` training samples chosen with ``seed``."""
+        n = self._calibration_samples()
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+        size = min(batch_size, subset.numel())
+        draw = torch.Generator().manual_seed(seed)
+        picks = [
+            subset[torch.randperm(subset.numel(), generator=draw)[:size]] for _ in range(batches)
+        ]
+        return self._calibration_rows(picks)
+
+
+class TensorBatches(BatchSource):
+    """In-memory tensors, batched by indexing (no DataLoader overhead)."""
+
+    def __init__(self, data: DataSplits, settings: LoaderSettings, seed: int) -> None:
+        super().__init__(int(data.train_x.shape[0]), settings, seed)
+        self.data = data
         self._order: tuple[int, torch.Tensor] | None = None
+
+    def train(self, epoch: int, start: int, stop: int) -> Iterator[Any]:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.seed, epoch, self.samples))
+        order, s = self._order[1], self.settings
+        for b in range(start, stop):
+            index = rank_slice(order, b, s.batch_size, s.rank, s.ranks)
+            yield self.data.train_x[index], self.data.train_y[index]
+
+    def test(self) -> Iterator[Any]:
+        size = self.settings.eval_batch_size
+        x, y = self.data.test_x, self.data.test_y
+        for start in range(0, x.shape[0], size):
+            yield x[start : start + size], y[start : start + size]
+
+    def example(self, batch: int) -> Any:
+        index = torch.arange(batch) % self.data.test_x.shape[0]
+        return self.data.test_x[index], self.data.test_y[index]
+
+    def _calibration_samples(self) -> int:
+        return self.samples
+
+    def _calibration_rows(self, picks: list[torch.Tensor]) -> Iterator[Any]:
+        x, y = self.data.train_x, self.data.train_y
+        for index in picks:
+            yield x[index], y[index]
+
+
+class LoaderBatches(BatchSource):
+    """Datasets read through a ``DataLoader`` (workers, pinned memory) in the same order."""
+
+    def __init__(self, data: Data, settings: LoaderSettings, seed: int) -> None:
+        super().__init__(_length(data.train), settings, seed)
+        self.data = data
         self._sampler: EpochBatches | None = None
         self._loader: DataLoader[Any] | None = None
 
-    # -- training ---------------------------------------------------------------------------
-
     def train(self, epoch: int, start: int, stop: int) -> Iterator[Any]:
-        """Micro-batches ``start`` to ``stop`` (exclusive) of ``epoch``."""
-        if isinstance(self.data, DataSplits):
-            if self._order is None or self._order[0] != epoch:
-                self._order = (epoch, epoch_order(self.seed, epoch, self.samples))
-            order, s = self._order[1], self.settings
-            for b in range(start, stop):
-                index = rank_slice(order, b, s.batch_size, s.rank, s.ranks)
-                yield self.data.train_x[index], self.data.train_y[index]
-            return
         loader = self._train_loader()
         assert self._sampler is not None
         self._sampler.set_epoch(epoch, start, stop)
@@ -200,7 +271,6 @@ class Batches:
 
     def _train_loader(self) -> DataLoader[Any]:
         if self._loader is None:
-            assert isinstance(self.data, Data)
             s = self.settings
             self._sampler = EpochBatches(
                 self.samples, s.batch_size, self.seed, s.drops_last, s.rank, s.ranks
@@ -213,59 +283,87 @@ class Batches:
             )
         return self._loader
 
-    # -- evaluation -------------------------------------------------------------------------
-
     def test(self) -> Iterator[Any]:
-        """The test set in order, in batches of ``eval_batch_size``."""
-        size = self.settings.eval_batch_size
-        if isinstance(self.data, DataSplits):
-            x, y = self.data.test_x, self.data.test_y
-            for start in range(0, x.shape[0], size):
-                yield x[start : start + size], y[start : start + size]
-            return
         yield from DataLoader(
             self.data.test,
-            batch_size=size,
+            batch_size=self.settings.eval_batch_size,
             shuffle=False,
             collate_fn=self.data.collate,
-            **{**self.settings.loader_kwargs(), "persistent_workers": False},
-        )
-
-    def calibration(self, samples: int, seed: int, batches: int, batch_size: int) -> Iterator[Any]:
-        """``batches`` batches of ``batch_size`` drawn (without replacement within a batch)
-        from a fixed subset of ``samples`` training samples chosen with ``seed``."""
-        dataset = self.data.calibration_set()
-        n = self.samples if isinstance(self.data, DataSplits) else _length(dataset)
-        subset = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
-        size = min(batch_size, subset.numel())
-        draw = torch.Generator().manual_seed(seed)
-        picks = [
-            subset[torch.randperm(subset.numel(), generator=draw)[:size]] for _ in range(batches)
-        ]
-        if isinstance(self.data, DataSplits):
-            x, y = self.data.train_x, self.data.train_y
-            for index in picks:
-                yield x[index], y[index]
-            return
-        assert isinstance(self.data, Data)
-        yield from DataLoader(
-            dataset,
-            batch_sampler=[index.tolist() for index in picks],
-            collate_fn=self.data.collate,
-            **{**self.settings.loader_kwargs(), "persistent_workers": False},
+            **self._once_kwargs(),
         )
 
     def example(self, batch: int) -> Any:
-        """The first ``batch`` test samples (cycled when the test set is smaller), one batch."""
-        if isinstance(self.data, DataSplits):
-            index = torch.arange(batch) % self.data.test_x.shape[0]
-            return self.data.test_x[index], self.data.test_y[index]
-        assert isinstance(self.data, Data)
         dataset = self.data.test
         n = _length(dataset)
         items = [dataset[i % n] for i in range(batch)]
         collate = self.data.collate or torch.utils.data.default_collate
         return collate(items)
+
+    def _calibration_samples(self) -> int:
+        return _length(self.data.calibration_set())
+
+    def _calibration_rows(self, picks: list[torch.Tensor]) -> Iterator[Any]:
+        yield from DataLoader(
+            self.data.calibration_set(),
+            batch_sampler=[index.tolist() for index in picks],
+            collate_fn=self.data.collate,
+            **self._once_kwargs(),
+        )
+
+    def _once_kwargs(self) -> dict[str, Any]:
+        """A loader read once: its workers need not persist."""
+        return {**self.settings.loader_kwargs(), "persistent_workers": False}
+
+
+def batch_source(data: Data | DataSplits, settings: LoaderSettings, seed: int) -> BatchSource:
+    """Tensors are indexed unless the recipe says ``in_memory: false``; datasets are loaded."""
+    if isinstance(data, DataSplits):
+        if settings.in_memory:
+            return TensorBatches(data, settings, seed)
+        data = Data(data.train, data.test, data.info, random=False)  # tensors draw nothing
+    return LoaderBatches(data, settings, seed)
+
+
+class StepBatches:
+    """The micro-batches of each optimizer step, read epoch by epoch from one iterator (so a
+    DataLoader keeps prefetching across steps). A task's ``prepare`` (random masking, say) is
+    drawn once per step from a seed of (run seed, step, micro-batch, rank), so both passes of
+    SAM/CrAM see the same batch and a resumed run draws the same."""
+
+    def __init__(
+        self,
+        batches: BatchSource,
+        steps_per_epoch: int,
+        accumulate: int,
+        prepare: Callable[[Any, torch.Generator], Any] | None = None,
+    ) -> None:
+        self.batches = batches
+        self.steps_per_epoch = steps_per_epoch
+        self.accumulate = accumulate
+        self.prepare = prepare
+        self._epoch: int | None = None
+        self._stream: Iterator[Any] = iter(())
+
+    def of(self, step: int) -> list[Any]:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        start = j * self.accumulate
+        stop = min(start + self.accumulate, self.batches.per_epoch)
+        if self._epoch != epoch or j == 0:
+            self._epoch = epoch
+            self._stream = iter(self.batches.train(epoch, start, self.batches.per_epoch))
+        loaded = list(itertools.islice(self._stream, stop - start))
+        if self.prepare is None:
+            return loaded
+        s = self.batches.settings
+        return [
+            self.prepare(
+                b,
+                torch.Generator().manual_seed(
+                    sample_seed(self.batches.seed, step, i * s.ranks + s.rank)
+                ),
+            )
+            for i, b in enumerate(loaded)
+        ]
 
 
 def _length(dataset: Dataset[Any]) -> int:

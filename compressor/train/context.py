@@ -16,7 +16,7 @@ from compressor.contract.schedule import Schedule
 from compressor.contract.task import Task, call_model, to_device
 from compressor.engine.masks import MaskSet
 from compressor.engine.session import Session
-from compressor.train.batches import Batches
+from compressor.train.batches import BatchSource
 
 
 class RunContext:
@@ -28,7 +28,7 @@ class RunContext:
         self,
         session: Session,
         task: Task,
-        batches: Batches | Callable[[], Batches],
+        batches: BatchSource | Callable[[], BatchSource],
         *,
         model_spec: dict[str, Any] | None = None,
         data_info: DataInfo | None = None,
@@ -40,7 +40,7 @@ class RunContext:
         self._data_info = data_info
 
     @property
-    def batches(self) -> Batches:
+    def batches(self) -> BatchSource:
         if callable(self._batches):
             self._batches = self._batches()
         return self._batches

@@ -3,17 +3,18 @@
 It does what a user's own loop would do with a :class:`Session`, plus batches whose order is
 a pure function of (seed, epoch) (:mod:`compressor.train.batches`) so a resumed run sees exactly
 the batches it would have seen, gradient accumulation and mixed precision, periodic
-evaluation through the task, atomic checkpoints, and the run report.
+evaluation through the task, atomic checkpoints (:mod:`compressor.train.checkpoint`), the loss
+and clocks (:mod:`compressor.train.meter`), and the run report (:mod:`compressor.train.report`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,65 +22,73 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from compressor.contract.data import Data, DataInfo, DatasetBuilder, DataSplits
+from compressor.contract.data import Data, DatasetBuilder, DataSplits
 from compressor.contract.errors import CompressorError, ConfigError
-from compressor.contract.evaluation import Evaluation
+from compressor.contract.evaluation import Evaluator
 from compressor.contract.logger import RunInfo
 from compressor.contract.task import Task, to_device
-from compressor.engine.session import Session
+from compressor.engine.session import Session, SessionOptimizer
 from compressor.host.manager import Plugins, load_plugins
-from compressor.kit.files import atomic_save, atomic_write_json, load_checkpoint
 from compressor.recipe.schema import Recipe
-from compressor.train.batches import Batches, LoaderSettings, batches_per_epoch, sample_seed
-from compressor.train.context import RunContext
-from compressor.train.distributed import (
-    World,
-    barrier,
-    check_same_masks,
-    device_for,
-    from_environment,
-    max_over_ranks,
-    mean_over_ranks,
-    process_group,
+from compressor.train.batches import (
+    BatchSource,
+    LoaderSettings,
+    StepBatches,
+    batch_source,
+    batches_per_epoch,
+    on_device,
+    sample_count,
 )
+from compressor.train.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    data_from_record,
+    data_record,
+    initial_weights,
+    resume_key,
+)
+from compressor.train.context import RunContext
+from compressor.train.distributed import World, barrier, device_for, from_environment, process_group
+from compressor.train.meter import LossMeter, NonFiniteLoss
 from compressor.train.progress import Progress
+from compressor.train.report import MODEL, REPORT, History, final_report, format_metric
 from compressor.train.runlog import RunLog, check_loggers
 
-CHECKPOINT = "checkpoint.pt"
-REPORT = "report.json"
-MODEL = "model.pt"
+__all__ = [
+    "CHECKPOINT",
+    "MODEL",
+    "REPORT",
+    "NonFiniteLoss",
+    "data_from_record",
+    "data_record",
+    "Prepared",
+    "format_metric",
+    "initial_weights",
+    "prepare",
+    "resume_key",
+    "run",
+]
+"""The loop's public names; several live in the modules named above (CLI, study and restore
+import them from here)."""
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class Prepared:
-    """Everything a run needs, built from a recipe."""
+    """Everything a run needs, built from a recipe, each thing once."""
 
     data: Data | DataSplits | None
     model: nn.Module
     session: Session
     task: Task
     context: RunContext
+    device: torch.device
+    evaluators: dict[str, Evaluator]
+    """The recipe's ``evaluate:`` evaluators, by name, already checked against the run."""
+    init_from: Path | None
+    """``train.init_from`` for this seed (checked to exist)."""
     train_size: int = 0
-
-
-def data_record(info: DataInfo, train_size: int) -> dict[str, Any]:
-    """What the data told the model builder (a vocabulary size, a shape), as the checkpoint
-    keeps it: a finished run is rebuilt from its folder even where the data has gone."""
-    return {
-        "input_shape": list(info.input_shape),
-        "num_classes": int(info.num_classes),
-        "input_dtype": str(info.input_dtype).removeprefix("torch."),
-        "train_size": int(train_size),
-    }
-
-
-def data_from_record(record: dict[str, Any]) -> tuple[DataInfo, int]:
-    """Inverse of :func:`data_record`."""
-    dtype = getattr(torch, record["input_dtype"])
-    info = DataInfo(tuple(record["input_shape"]), int(record["num_classes"]), dtype)
-    return info, int(record["train_size"])
 
 
 def require_sections(recipe: Recipe) -> None:
@@ -145,32 +154,28 @@ def prepare(
     plugins = plugins or load_plugins()
     world = world or World()
     require_sections(recipe)
-    registries = plugins.registries
     config = recipe.config
     torch.manual_seed(config.train.seed)
-    dataset = registries.datasets.build(config.data)
+    dataset = plugins.registries.datasets.build(config.data)
     task = build_task(recipe, dataset, plugins)
     data = dataset.build() if with_data else None
     if data is not None:
-        info, train_size = data.info, _train_size(data)
+        info, train_size = data.info, sample_count(data)
     elif known is not None:
         info, train_size = data_from_record(known)
     else:
         info, train_size = dataset.info(), dataset.train_size()
-    if config.train.init_from:
-        path = Path(config.train.init_from.replace("{seed}", str(config.train.seed)))
-        if not path.is_file():
-            raise recipe.error(("train", "init_from"), f"{path} does not exist")
+    init_from = _init_from(recipe)
     device = device_for(world, config.train.device)
     model = build_model(recipe, plugins, info).to(device)
-    if isinstance(data, DataSplits) and device != "cpu":
-        data = data.to(device)
     settings = LoaderSettings.of(config.data, world.rank, world.size)
-
-    def make_batches() -> Batches:
-        return Batches(data if data is not None else dataset.build(), settings, config.train.seed)
-
-    batches: Batches | Callable[[], Batches] = make_batches() if data is not None else make_batches
+    if data is not None:
+        data = on_device(data, device)
+        batches: BatchSource | Callable[[], BatchSource] = batch_source(
+            data, settings, config.train.seed
+        )
+    else:
+        batches = lambda: batch_source(dataset.build(), settings, config.train.seed)  # noqa: E731
 
     def calibration(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
         # the run context's (built just below; a generator, so nothing runs before it
@@ -191,51 +196,47 @@ def prepare(
         example_inputs=lambda n: _example(batches, task, info, n),
         calibration=calibration,
     )
-    context = RunContext(
-        session,
-        task,
-        batches,
-        model_spec=config.model.model_dump(mode="json"),
-        data_info=info,
+    spec = config.model.model_dump(mode="json")
+    context = RunContext(session, task, batches, model_spec=spec, data_info=info)
+    evaluators = build_evaluators(recipe, plugins, context)
+    if world.main:  # the one process that logs
+        check_loggers(recipe, plugins)
+    return Prepared(
+        data, model, session, task, context, torch.device(device), evaluators, init_from, train_size
     )
-    for name, evaluator_config in config.evaluate:
+
+
+def _init_from(recipe: Recipe) -> Path | None:
+    train = recipe.config.train
+    if not train.init_from:
+        return None
+    path = Path(train.init_from.replace("{seed}", str(train.seed)))
+    if not path.is_file():
+        raise recipe.error(("train", "init_from"), f"{path} does not exist")
+    return path
+
+
+def build_evaluators(recipe: Recipe, plugins: Plugins, context: RunContext) -> dict[str, Evaluator]:
+    """The recipe's ``evaluate:`` evaluators, each checked against the run (located errors)."""
+    evaluators: dict[str, Evaluator] = {}
+    for name, evaluator_config in recipe.config.evaluate:
         if evaluator_config is not None:
-            evaluator = registries.evaluators.build(evaluator_config)
+            evaluator = plugins.registries.evaluators.build(evaluator_config)
             try:
                 evaluator.check(context)
             except ConfigError as exc:
                 raise recipe.error(("evaluate", name, *exc.loc), exc.message) from None
-    if world.main:  # the one process that logs
-        check_loggers(recipe, plugins)
-    return Prepared(data, model, session, task, context, train_size)
+            evaluators[name] = evaluator
+    return evaluators
 
 
-def _train_size(data: Data | DataSplits) -> int:
-    return int(data.train_x.shape[0]) if isinstance(data, DataSplits) else len(data.train)  # type: ignore[arg-type]
-
-
-def _example(batches: Batches | Callable[[], Batches], task: Task, info: Any, n: int) -> Any:
+def _example(
+    batches: BatchSource | Callable[[], BatchSource], task: Task, info: Any, n: int
+) -> Any:
     """Real example inputs once data exists (validate has none: zeros of the data's dtype)."""
-    if isinstance(batches, Batches):
+    if isinstance(batches, BatchSource):
         return to_device(task.inputs(batches.example(n)), "cpu")
     return info.example(n)
-
-
-def initial_weights(template: str, seed: int) -> dict[str, torch.Tensor]:
-    """Weights for ``train.init_from``: a state dict or a checkpoint holding one."""
-    path = Path(template.replace("{seed}", str(seed)))
-    if not path.exists():
-        raise CompressorError(f"train.init_from: {path} does not exist")
-    state = load_checkpoint(path)
-    return state["model"] if isinstance(state, dict) and "model" in state else state  # type: ignore[no-any-return]
-
-
-def resume_key(recipe: Recipe) -> dict[str, Any]:
-    """What must match to resume: the recipe except ``train.max_steps`` (how far to go) and
-    ``log:`` (where metrics go)."""
-    data = recipe.identity()
-    data["train"] = {k: v for k, v in data["train"].items() if k != "max_steps"}
-    return data
 
 
 def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[Any]:
@@ -243,27 +244,6 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[A
     if precision not in AUTOCAST:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST[precision])
-
-
-class StepBatches:
-    """The micro-batches of each optimizer step, read epoch by epoch from one iterator (so a
-    DataLoader keeps prefetching across steps)."""
-
-    def __init__(self, batches: Batches, steps_per_epoch: int, accumulate: int) -> None:
-        self.batches = batches
-        self.steps_per_epoch = steps_per_epoch
-        self.accumulate = accumulate
-        self._epoch: int | None = None
-        self._stream: Iterator[Any] = iter(())
-
-    def of(self, step: int) -> list[Any]:
-        epoch, j = divmod(step, self.steps_per_epoch)
-        start = j * self.accumulate
-        stop = min(start + self.accumulate, self.batches.per_epoch)
-        if self._epoch != epoch or j == 0:
-            self._epoch = epoch
-            self._stream = iter(self.batches.train(epoch, start, self.batches.per_epoch))
-        return list(itertools.islice(self._stream, stop - start))
 
 
 def run(
@@ -321,6 +301,77 @@ def sync_last(model: nn.Module, micro: int, count: int) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
+@dataclass
+class Pass:
+    """One forward and backward pass over a step's micro-batches: the closure the optimizer
+    calls (twice for SAM/CrAM). The compression penalty is added once per step."""
+
+    task: Task
+    model: nn.Module
+    """The model the passes run: DDP's wrapper under data parallelism."""
+    session: Session
+    optimizer: SessionOptimizer
+    device: torch.device
+    pinned: bool
+    precision: contextlib.AbstractContextManager[Any]
+
+    @classmethod
+    def of(
+        cls, prepared: Prepared, optimizer: SessionOptimizer, recipe: Recipe, world: World
+    ) -> Pass:
+        """The run's pass; build it after loading a checkpoint: wrapping the model in DDP
+        broadcasts rank 0's weights to the other ranks."""
+        train = recipe.config.train
+        return cls(
+            prepared.task,
+            _data_parallel(prepared.model, world, prepared.device),
+            prepared.session,
+            optimizer,
+            prepared.device,
+            recipe.config.data.pin_memory,
+            autocast(train.precision, train.device),
+        )
+
+    def __call__(self, micro: list[Any]) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        total: torch.Tensor | float = 0.0
+        for i, cpu_batch in enumerate(micro):
+            batch = to_device(cpu_batch, self.device, non_blocking=self.pinned)
+            with sync_last(self.model, i, len(micro)):
+                with self.precision:
+                    loss = self.task.loss(self.task.forward(self.model, batch), batch)
+                if len(micro) > 1:
+                    loss = loss / len(micro)
+                if i == 0:
+                    loss = loss + self.session.penalty()
+                self.session.scale_loss(loss).backward()
+            total = loss if len(micro) == 1 else total + loss.detach()
+        return total  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Where the run stops, and every how many steps it logs, evaluates and checkpoints."""
+
+    last_step: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, recipe: Recipe, session: Session) -> Cadence:
+        train, clock = recipe.config.train, session.clock
+        return cls(
+            last_step=min(clock.total_steps, train.max_steps or clock.total_steps),
+            log_every=train.log_every,
+            eval_every=max(1, clock.steps(train.eval_every)),
+            checkpoint_every=clock.steps(train.checkpoint_every, default=0),
+        )
+
+    def due(self, every: int, step: int) -> bool:
+        return step % every == 0 or step == self.last_step
+
+
 def _train(
     recipe: Recipe,
     out: Path,
@@ -333,321 +384,105 @@ def _train(
     label: str | None,
     runlog: RunLog,
 ) -> dict[str, Any]:
-    checkpoint_path = out / CHECKPOINT
     started = time.perf_counter()
     prepared = prepare(recipe, plugins, world=world)
-    model, session, task, context = (
-        prepared.model,
-        prepared.session,
-        prepared.task,
-        prepared.context,
-    )
-    config = recipe.config
-    device = torch.device(device_for(world, config.train.device))
+    model, session, task, config = prepared.model, prepared.session, prepared.task, recipe.config
     optimizer = session.optimizer()
-    history: list[dict[str, Any]] = []
-    metric = task.metric
-    # time so far (carried across resumes), the loss summed since the last evaluation and
-    # since the last logged 'train' row
-    clocks: dict[str, float] = {
-        "train_s": 0.0,
-        "train_cpu_s": 0.0,
-        "loss_sum": 0.0,
-        "loss_count": 0,
-        "log_loss_sum": 0.0,
-        "log_loss_count": 0,
-    }
-
-    def test_metrics() -> dict[str, float]:
-        return {f"test_{k}": v for k, v in context.measure(model).items()}
-
-    session.evaluator = test_metrics
-
-    if config.train.init_from and not (resume and checkpoint_path.exists()):
-        model.load_state_dict(initial_weights(config.train.init_from, config.train.seed))
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state["resume_key"] != resume_key(recipe):
-            raise CompressorError(
-                f"{checkpoint_path} was written by a different recipe; use another --out or drop --resume"
-            )
-        if state.get("world_size", 1) != world.size:
-            raise CompressorError(
-                f"{checkpoint_path} was written by {state.get('world_size', 1)} process(es) and "
-                f"this run has {world.size}: the global batch, and so every step, would differ; "
-                "resume with the same number of processes"
-            )
-        model.load_state_dict(state["model"])
-        session.load_state_dict(state["session"])
-        history = [row for row in state["history"] if not row.get("partial")]
-        clocks = {**clocks, **state.get("clocks", {})}
-    forward_model: nn.Module = model
-    if world.distributed:  # after loading: DDP broadcasts rank 0's weights once more
-        forward_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    clock = session.clock
-    last_step = min(clock.total_steps, config.train.max_steps or clock.total_steps)
-    eval_every = max(1, clock.steps(config.train.eval_every))
-    checkpoint_every = clock.steps(config.train.checkpoint_every, default=0)
-    pinned = config.data.pin_memory
-    steps = StepBatches(context.batches, clock.steps_per_epoch, config.train.accumulate)
-    prepares = type(task).prepare is not Task.prepare
-    precision = autocast(config.train.precision, config.train.device)
-    resumed_at = session.step
-    runlog.open(
-        recipe,
-        RunInfo(
-            name=recipe.name,
-            label=label or recipe.name,
-            out_dir=out,
-            config=recipe.to_dict(),
-            recipe_hash=recipe.hash(),
-            rank=world.rank,
-            world_size=world.size,
-            resumed_at=resumed_at,
-            steps_per_epoch=clock.steps_per_epoch,
-            last_step=last_step,
-        ),
+    meter = LossMeter(world, prepared.device)
+    info = prepared.context.data_info
+    record = data_record(info, prepared.train_size) if info is not None else None
+    checkpoint = Checkpoint(out, recipe, world, record)
+    rows = checkpoint.start(model, session, meter, resume=resume, init_from=prepared.init_from)
+    history = History(prepared.context, world, runlog, rows)
+    session.evaluator = history.test_metrics
+    cadence = Cadence.of(recipe, session)
+    runlog.open(recipe, _run_info(recipe, out, world, label, session, cadence.last_step))
+    steps = StepBatches(
+        prepared.context.batches,
+        session.clock.steps_per_epoch,
+        config.train.accumulate,
+        task.prepare if type(task).prepare is not Task.prepare else None,
     )
-
-    info = context.data_info
-    facts = data_record(info, prepared.train_size) if info is not None else None
-
-    def save_checkpoint() -> None:
-        check_finite()  # a broken model is never written over a good checkpoint
-        if world.main:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "session": session.state_dict(),
-                    "history": history,
-                    "resume_key": resume_key(recipe),
-                    "recipe": recipe.to_dict(),
-                    "data": facts,
-                    "clocks": {**clocks, **elapsed(), **loss_so_far()},
-                    "world_size": world.size,
-                },
-                checkpoint_path,
-            )
-        barrier(world)  # no rank runs ahead of a checkpoint it might resume from
-
-    def evaluate(train_loss: float | None) -> dict[str, Any]:
-        row = {
-            "step": session.step,
-            "epoch": round(clock.epoch_of(session.step), 4),
-            "train_loss": train_loss,
-            **(test_metrics() if world.main else {}),
-            "sparsity": session.sparsity()["global"],
-        }
-        history.append(row)
-        if session.step > resumed_at:  # a resumed run logged its last step already
-            runlog.log(
-                session.step,
-                {k: v for k, v in row.items() if k not in ("step", "epoch")},
-                "test",
-            )
-        return row
-
-    def micro_batches(step: int) -> list[Any]:
-        loaded = steps.of(step)
-        if prepares:  # drawn once per step: both passes of SAM/CrAM see the same batch
-            loaded = [
-                task.prepare(
-                    b,
-                    torch.Generator().manual_seed(
-                        sample_seed(config.train.seed, step, i * world.size + world.rank)
-                    ),
-                )
-                for i, b in enumerate(loaded)
-            ]
-        return loaded
-
-    running_loss: torch.Tensor | float = float(clocks["loss_sum"])  # summed on the device
-    running_count = int(clocks["loss_count"])
-    log_loss: torch.Tensor | float = float(clocks["log_loss_sum"])
-    log_count = int(clocks["log_loss_count"])
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
-    started_wall, started_cpu = time.perf_counter(), time.process_time()
-
-    def elapsed() -> dict[str, float]:
-        return {
-            "train_s": clocks["train_s"] + time.perf_counter() - started_wall,
-            "train_cpu_s": clocks["train_cpu_s"] + time.process_time() - started_cpu,
-        }
-
-    def loss_so_far() -> dict[str, float]:
-        return {
-            "loss_sum": float(running_loss),
-            "loss_count": running_count,
-            "log_loss_sum": float(log_loss),
-            "log_loss_count": log_count,
-        }
-
-    def log_train() -> None:
-        """A 'train' row: the loss since the last one (mean over steps and ranks), the LR, the
-        sparsity. Every rank comes here (the mean is a collective); rank 0 logs."""
-        nonlocal log_loss, log_count
-        check_finite()  # a diverged loss stops the run, it is not logged
-        loss = None
-        if log_count:
-            total = torch.as_tensor(log_loss, dtype=torch.float64, device=device)
-            loss = float(mean_over_ranks(world, total)) / log_count
-        runlog.log(
-            session.step,
-            {
-                "loss": loss,
-                "lr": float(optimizer.param_groups[0]["lr"]),
-                "sparsity": session.sparsity()["global"] if world.main else None,
-            },
-            "train",
-        )
-        log_loss, log_count = 0.0, 0
-
-    def mean_loss() -> float | None:
-        """The loss since the last evaluation, averaged over the steps (and the ranks)."""
-        if not running_count:
-            return None
-        total = torch.as_tensor(running_loss, dtype=torch.float64, device=device)
-        return float(mean_over_ranks(world, total)) / running_count
-
-    def check_finite() -> None:
-        """Synchronise once (at logging, evaluation and checkpoints), never per step; under
-        data parallelism also check that every rank holds the same masks."""
-        bad = int(max_over_ranks(world, first_bad))
-        if bad >= 0:
-            raise NonFiniteLoss(bad)
-        check_same_masks(world, session.masks.tensors(), session.step)
-
+    forward = Pass.of(prepared, optimizer, recipe, world)
+    meter.start()
     with Progress(
-        label or recipe.name, total=last_step, start=session.step, enabled=progress
+        label or recipe.name, total=cadence.last_step, start=session.step, enabled=progress
     ) as bar:
-        while session.step < last_step:
-            micro = micro_batches(session.step)
-            model.train()
-
-            def closure(micro: list[Any] = micro) -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                total: torch.Tensor | float = 0.0
-                for i, cpu_batch in enumerate(micro):
-                    batch = to_device(cpu_batch, device, non_blocking=pinned)
-                    with sync_last(forward_model, i, len(micro)):
-                        with precision:
-                            loss = task.loss(task.forward(forward_model, batch), batch)
-                        if len(micro) > 1:
-                            loss = loss / len(micro)
-                        if i == 0:
-                            loss = loss + session.penalty()
-                        session.scale_loss(loss).backward()
-                    total = loss if len(micro) == 1 else total + loss.detach()
-                return total  # type: ignore[return-value]
-
-            loss = optimizer.step(closure)
+        while session.step < cadence.last_step:
             step = session.step
+            micro = steps.of(step)
+            model.train()
+            loss = optimizer.step(functools.partial(forward, micro))
             session.step_end(loss)
             if not optimizer.skipped:
-                detached = loss.detach()
-                first_bad = torch.where(
-                    (first_bad < 0) & ~torch.isfinite(detached), step + 1, first_bad
-                )
-                running_loss = running_loss + detached
-                running_count += 1
-                if runlog.active:
-                    log_loss = log_loss + detached
-                    log_count += 1
+                meter.add(loss, step, runlog.active)
             if on_step is not None:
                 on_step(session)
-            if runlog.due(session.step, last_step):
-                log_train()
-            if session.step % config.train.log_every == 0 or session.step == last_step:
-                check_finite()
-                bar.update(
-                    session.step,
-                    epoch=clock.epoch_of(session.step),
-                    loss=float(running_loss) / max(running_count, 1),
-                )
-            scheduled = session.step % eval_every == 0
-            if scheduled or session.step == last_step:
-                check_finite()
-                row = evaluate(mean_loss())
-                if scheduled:
-                    running_loss, running_count = 0.0, 0
+            now = session.step
+            if runlog.due(now, cadence.last_step):
+                _log_train(meter, runlog, session, optimizer, world)
+            if cadence.due(cadence.log_every, now):
+                meter.check(session)
+                bar.update(now, epoch=session.clock.epoch_of(now), loss=meter.running())
+            if cadence.due(cadence.eval_every, now):
+                meter.check(session)
+                row = history.evaluate(meter.evaluation_loss())
+                if now % cadence.eval_every == 0:
+                    meter.reset_evaluation()
                 else:  # the run stops here, off the schedule: a resumed run replaces this row
                     row["partial"] = True
                 if world.main:
-                    bar.log(
-                        f"step {row['step']} (epoch {row['epoch']:.2f}): {metric.title} "
-                        f"{format_metric(row[f'test_{metric.name}'], metric.percent)}, "
-                        f"sparsity {row['sparsity']:.4f}"
-                    )
+                    bar.log(history.describe(row))
                 barrier(world)  # the other ranks wait while rank 0 evaluates
-            if checkpoint_every and session.step % checkpoint_every == 0:
-                save_checkpoint()
-    times = elapsed()
-    save_checkpoint()
+            if cadence.checkpoint_every and now % cadence.checkpoint_every == 0:
+                checkpoint.save(model, session, history.rows, meter)
+    times = meter.elapsed()
+    checkpoint.save(model, session, history.rows, meter)
     if not world.main:
         mine = {"rank": world.rank, "world_size": world.size, "steps": session.step}
         runlog.finish(mine)
         return mine
-    atomic_save(model.state_dict(), out / MODEL)
+    return final_report(recipe, out, history, prepared.evaluators, times, started)
 
-    if not history or history[-1]["step"] != session.step:
-        evaluate(None)
-    evaluations: dict[str, Any] = {}
-    for name, evaluator_config in config.evaluate:
-        if evaluator_config is not None:
-            evaluator = plugins.registries.evaluators.build(evaluator_config)
-            evaluations[name] = evaluator.run(context, model).to_dict()
+
+def _data_parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """The model the forward passes run: wrapped in DDP under data parallelism."""
+    if not world.distributed:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _run_info(
+    recipe: Recipe, out: Path, world: World, label: str | None, session: Session, last_step: int
+) -> RunInfo:
+    return RunInfo(
+        name=recipe.name,
+        label=label or recipe.name,
+        out_dir=out,
+        config=recipe.to_dict(),
+        recipe_hash=recipe.hash(),
+        rank=world.rank,
+        world_size=world.size,
+        resumed_at=session.step,
+        steps_per_epoch=session.clock.steps_per_epoch,
+        last_step=last_step,
+    )
+
+
+def _log_train(
+    meter: LossMeter, runlog: RunLog, session: Session, optimizer: SessionOptimizer, world: World
+) -> None:
+    """A 'train' row: the loss since the last one (mean over steps and ranks), the LR, the
+    sparsity. Every rank comes here (the mean is a collective); rank 0 logs."""
+    meter.check(session)  # a diverged loss stops the run, it is not logged
     runlog.log(
         session.step,
         {
-            f"{name}:{key}": value
-            for name, result in evaluations.items()
-            for key, value in Evaluation.from_dict(result).metrics.items()
+            "loss": meter.take_logged(),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "sparsity": session.sparsity()["global"] if world.main else None,
         },
-        "evaluate",
+        "train",
     )
-
-    final = history[-1]
-    extra: dict[str, Any] = {}
-    if world.distributed:
-        extra["distributed"] = {
-            "world_size": world.size,
-            "global_batch_size": config.data.batch_size * world.size,
-            "evaluated_by": "rank 0",
-        }
-    report = session.finalize(
-        {
-            "metric": asdict(metric),
-            "metrics": {k: v for k, v in final.items() if k.startswith("test_")},
-            "evaluations": evaluations,
-            "history": history,
-            "steps_per_epoch": clock.steps_per_epoch,
-            "skipped_steps": session.scaler.skipped_steps,
-            "train_time_s": times["train_s"],
-            "train_cpu_s": times["train_cpu_s"],
-            "wall_time_s": time.perf_counter() - started,
-            "seed": config.train.seed,
-            "recipe_config": recipe.to_dict(),
-            **extra,
-        }
-    )
-    atomic_write_json(report, out / REPORT)
-    runlog.finish(report)
-    return report
-
-
-class NonFiniteLoss(CompressorError):
-    """The training loss stopped being a finite number: the run failed at ``step``."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(
-            f"the training loss is not finite (NaN or infinite) at step {step}; the run stopped "
-            "and the last checkpoint before it is intact (train.nonfinite: skip skips such steps)"
-        )
-        self.step = step
-
-
-def format_metric(value: float, percent: bool) -> str:
-    return f"{100 * value:.2f}%" if percent else f"{value:.4g}"
