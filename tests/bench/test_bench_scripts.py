@@ -269,3 +269,35 @@ def test_llm_depth_smoke(tmp_path: Path) -> None:
     }
     for row in data["results"]:
         assert row["ratio"] == row["time_s"]["2N"]["median"] / row["time_s"]["N"]["median"]
+
+
+def test_llm_ptq_smoke_compresses_the_pretrained_model_with_every_method(tmp_path: Path) -> None:
+    """The language-model bench (without its peer): a stdlib-text model pretrained into the
+    cache, every method in both modes scored by the shared perplexity, and the depth ratio."""
+    pytest.importorskip("transformers")
+    output = tmp_path / "llm_ptq-smoke.json"
+    env = {**os.environ, "COMPRESSOR_BENCH_CACHE": str(tmp_path / "cache")}
+    stdout = run_smoke("llm_ptq", "--modes", "block", "exact", "--output", str(output), env=env)
+    assert "| method | library | mode |" in stdout
+    data = json.loads(output.read_text())
+    methods = {"gptq", "rtn", "sparsegpt50", "sparsegpt24", "wanda50"}
+    assert {(r["method"], r["mode"]) for r in data["results"]} == {
+        (m, mode) for m in methods for mode in ("block", "exact")
+    }
+    for row in data["results"]:
+        assert row["library"] == "compressor"
+        assert 1.0 < row["perplexity"] < 1e4  # finite, a real score
+        weights = __import__("torch").load(Path(row["out"]) / "weights.pt")
+        down = weights["model.layers.0.mlp.down_proj.weight"]
+        zeros = float((down == 0).float().mean())
+        assert (
+            zeros == 0.5
+            if "sparsegpt" in row["method"] or "wanda" in row["method"]
+            else zeros < 0.5
+        )
+        assert "lm_head.weight" in weights
+        assert not (weights["lm_head.weight"] == 0).any()  # the LM head stays dense
+    assert {(r["library"], r["mode"]) for r in data["depth"]} == {
+        ("compressor", "block"),
+        ("compressor", "exact"),
+    }
