@@ -8,6 +8,7 @@ import torch
 
 from compressor.contract.config import TypeConfig
 from compressor.contract.context import CompressionContext
+from compressor.contract.errors import Loc
 
 
 class Modifier:
@@ -19,6 +20,9 @@ class Modifier:
 
     TAG: ClassVar[str] = "type"
     Config: ClassVar[type[TypeConfig]] = TypeConfig
+    #: True for a modifier that lets pruned weights come back (a regrowth method): only then
+    #: may a modifier's target sparsity decrease over training, since masks alone never regrow.
+    regrows: ClassVar[bool] = False
 
     def __init__(self, config: Any, context: CompressionContext) -> None:
         self.config = config
@@ -26,6 +30,12 @@ class Modifier:
     def masked_names(self) -> set[str]:
         """Parameter names this modifier writes masks for (two modifiers may not overlap)."""
         return set()
+
+    def sparsity_decreases(self) -> Loc | None:
+        """Where in this modifier's config its target sparsity goes down over training
+        (``("schedule", "final")``), or None; the session refuses that unless some modifier
+        of the recipe ``regrows``."""
+        return None
 
     def update(self, context: CompressionContext) -> None:
         """Update masks or internal state for step ``context.step``."""

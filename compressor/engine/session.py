@@ -140,6 +140,7 @@ class Session:
             for i, cfg in enumerate(recipe.config.modifiers)
         ]
         self._check_overlaps()
+        self._check_regrowth()
         self._started = False
         self.evaluator: Callable[[], dict[str, float]] | None = None
         self.plugins.notify("session_started", context=self)
@@ -196,6 +197,19 @@ class Session:
                         "give them disjoint include/exclude patterns",
                     )
                 owner[name] = index
+
+    def _check_regrowth(self) -> None:
+        if any(modifier.regrows for modifier in self.modifiers):
+            return
+        for index, modifier in enumerate(self.modifiers):
+            loc = modifier.sparsity_decreases()
+            if loc is not None:
+                raise self.recipe.error(
+                    ("modifiers", index, *loc),
+                    "the target sparsity decreases over training, but masks never regrow "
+                    "pruned weights: make final at least initial (or add a modifier that "
+                    "regrows weights)",
+                )
 
     # -- the training-step protocol ----------------------------------------------------------
 

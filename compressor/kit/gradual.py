@@ -61,6 +61,14 @@ class GradualModifier(Modifier):
                 raise ConfigError(f"sparsity must be in [0, 1), got {value:g}", ("schedule", field))
         self.operator.levels([self.schedule(self.end)], loc=("schedule", "final"))
 
+    def sparsity_decreases(self) -> tuple[str, ...] | None:
+        steps = [self.start, *self.schedule.milestones(), self.end]
+        values = [
+            self.schedule(step) for step in sorted(set(steps)) if self.start <= step <= self.end
+        ]
+        falls = any(later < earlier for earlier, later in zip(values, values[1:], strict=False))
+        return ("schedule", "final") if falls else None
+
     def prune_to(self, context: CompressionContext, target: float) -> None:
         """Set the masks for sparsity ``target`` (subclasses change how)."""
         apply_masks(context, self.operator, target)

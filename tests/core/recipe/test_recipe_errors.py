@@ -54,6 +54,12 @@ CASES = {
         + "modifiers:\n  - type: gmp\n    schedule: {kind: cubic, final: 0.9, start: 10, end: 5}\n",
         r"^r\.yaml:7:57: modifiers\[0\]\.schedule\.end: end \(5\) is before start \(10\)$",
     ),
+    "sparsity_decreasing_without_regrowth": (
+        BASE
+        + "modifiers:\n  - type: gmp\n    schedule: {kind: linear, initial: 0.8, final: 0.5}\n",
+        r"^r\.yaml:7:51: modifiers\[0\]\.schedule\.final: the target sparsity decreases over "
+        r"training, but masks never regrow pruned weights",
+    ),
     "two_modifiers_masking_the_same_parameters": (
         BASE
         + "modifiers:\n  - type: gmp\n    schedule: {kind: cubic, final: 0.9}\n"
@@ -145,3 +151,29 @@ def test_cram_without_sparsities_is_rejected_by_validate(
     Path("r.yaml").write_text(BASE + "wrapper: {name: cram, sparsities: []}\n")
     assert main(["validate", "r.yaml"]) == 2
     assert "r.yaml:5:" in capsys.readouterr().err
+
+
+REGROW_PLUGIN = """\
+from typing import Literal
+from compressor.plugin_api import Modifier, TypeConfig, hookimpl
+class Regrow(Modifier):
+    regrows = True
+    class Config(TypeConfig):
+        type: Literal['regrow']
+@hookimpl
+def register_modifiers(register):
+    register(Regrow)
+"""
+
+
+def test_decreasing_sparsity_is_accepted_when_a_modifier_regrows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("regrow.py").write_text(REGROW_PLUGIN)
+    Path("r.yaml").write_text(
+        BASE
+        + "modifiers:\n  - type: gmp\n    schedule: {kind: linear, initial: 0.8, final: 0.5}\n"
+        + "  - type: regrow\n"
+    )
+    assert main(["--plugin", "regrow.py", "validate", "r.yaml"]) == 0, capsys.readouterr().err
