@@ -73,8 +73,14 @@ def show_report(report: dict[str, Any], out_dir: Path) -> None:
         metric["title"], f"{100 * value:.2f}%" if metric.get("percent") else f"{value:.4g}"
     )
     sparsity = report["sparsity"]
+    compressed = sparsity.get("compressed")
+    if compressed and compressed["total"]:
+        table.add_row(
+            f"sparsity (compressed tensors: {compressed['tensors']})",
+            f"{compressed['sparsity']:.4f} ({compressed['zeros']}/{compressed['total']})",
+        )
     table.add_row(
-        "sparsity (eligible weights)",
+        "sparsity (all eligible weights)",
         f"{sparsity['global']:.4f} ({sparsity['zeros']}/{sparsity['eligible']})",
     )
     for name, result in report.get("evaluations", {}).items():

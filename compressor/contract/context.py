@@ -80,7 +80,8 @@ class CompressionContext(Protocol):
         """Test metrics of the model as it is now, or None if the loop measures nothing."""
 
     def sparsity(self) -> dict[str, Any]:
-        """Exact zeros over the eligible weights: ``global``, ``zeros``, ``eligible``, per layer."""
+        """Exact zeros over the eligible weights: ``global``, ``zeros``, ``eligible``, per layer;
+        ``compressed``: ``sparsity``, ``zeros``, ``total``, ``tensors`` over the masked ones."""
 
     def example_inputs(self, batch: int = 1) -> Any:
         """Model inputs for tracing (real ones from the data when the loop has them; token ids

@@ -316,10 +316,22 @@ class Session:
 
     def sparsity(self) -> dict[str, Any]:
         """Exact zeros, global and per tensor, over the eligible weights (Linear/Conv) and every
-        tensor the recipe's operators compress (embeddings included), each counted once."""
+        tensor the recipe's operators compress (embeddings included), each counted once; and
+        under ``compressed`` over the tensors the modifiers mask alone."""
         targets = {id(target.param): target for target in select_targets(self.model)}
         targets.update(self._compressed)
-        return sparsity_stats(list(targets.values()))
+        stats = sparsity_stats(list(targets.values()))
+        # ``compressed``: only the tensors a modifier masks, so an excluded layer does not
+        # dilute the figure the recipe asked for
+        names = set(self.masks) | {n for m in self.modifiers for n in m.masked_names()}
+        compressed = sparsity_stats([t for t in targets.values() if names & {t.name, *t.aliases}])
+        stats["compressed"] = {
+            "sparsity": compressed["global"],
+            "zeros": compressed["zeros"],
+            "total": compressed["eligible"],
+            "tensors": len(compressed["per_layer"]),  # type: ignore[arg-type]
+        }
+        return stats
 
     def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build the report (sparsity, modifier metrics, plugins) and notify observers."""

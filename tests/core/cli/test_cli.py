@@ -145,3 +145,23 @@ def test_explain_shows_the_optimizer_and_wrapper_settings(
         "wrapper: cram (every 1, alpha 0.7, rho 0.02, plus True, sparse_grad True,"
         " sparsities [0.7, 0.8, 0.9, 0.95]" in out
     )
+
+
+def test_report_labels_sparsity_of_compressed_tensors_and_of_all_eligible_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An excluded layer stays in the eligible count but not in the compressed one."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        TINY_RECIPE
+        + "modifiers:\n  - type: oneshot\n    sparsity: 0.5\n"
+        + "    operator: {kind: magnitude, exclude: ['3.weight']}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    sparsity = json.loads((out / "report.json").read_text())["sparsity"]
+    assert sparsity["compressed"] == {"sparsity": 0.5, "zeros": 64, "total": 128, "tensors": 1}
+    assert (sparsity["zeros"], sparsity["eligible"]) == (64, 176)
+    printed = capsys.readouterr().out
+    assert "sparsity (compressed tensors: 1)" in printed and "0.5000 (64/128)" in printed
+    assert "sparsity (all eligible weights)" in printed and "0.3636 (64/176)" in printed
