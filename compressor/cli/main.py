@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from compressor._version import __version__
@@ -63,6 +64,13 @@ def _plugin_files(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    with warnings.catch_warnings():
+        if not debug:  # --debug keeps Python's form, with the file and line that warned
+            warnings.showwarning = show_warning
+        return _main(argv, debug)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     plugins: Plugins | None = None
     try:
         plugins = load_plugins(_plugin_files(argv))
@@ -98,6 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def say(text: str) -> None:
     err.print(text, markup=False, highlight=False)
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line for the person at the terminal, not Python's internal path and
+    source line (``--debug`` shows those)."""
+    say("warning: " + " ".join(str(message).split()))
 
 
 if __name__ == "__main__":

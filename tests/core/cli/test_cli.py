@@ -165,3 +165,22 @@ def test_report_labels_sparsity_of_compressed_tensors_and_of_all_eligible_weight
     printed = capsys.readouterr().out
     assert "sparsity (compressed tensors: 1)" in printed and "0.5000 (64/128)" in printed
     assert "sparsity (all eligible weights)" in printed and "0.3636 (64/176)" in printed
+
+
+def test_a_warning_reaches_the_user_as_one_clean_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """N:M 2:4 skips the first layer (input dim 6): one `warning:` line, no internal path."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        TINY_RECIPE.replace("features: 8", "features: 6")
+        + "modifiers:\n  - {type: oneshot, operator: {kind: nm, keep: 2, group: 4}}\n"
+    )
+    assert main(["validate", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "skips" in line]
+    assert warned == [
+        "warning: N:M 2:4 skips 1 tensor(s) whose input dimension is not a multiple of 4 "
+        "(they stay dense): 1.weight (input dim 6)"
+    ], err
+    assert ".py:" not in err and "Warning" not in err
