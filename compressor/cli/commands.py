@@ -247,6 +247,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         written = exporter.export(context, context.model, stage / target.name)
     staged_path = written.is_relative_to(stage)
     out.print(f"wrote {target.parent / written.relative_to(stage) if staged_path else written}")
+    for line in exporter.summary():
+        out.print(f"  {line}", markup=False, highlight=False)
     return 0
 
 

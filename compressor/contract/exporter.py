@@ -35,3 +35,8 @@ class Exporter:
     def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
         """Write ``model`` to ``path`` (atomically); return the path written."""
         raise NotImplementedError
+
+    def summary(self) -> list[str]:
+        """Lines saying what the last :meth:`export` changed (``parameters 1,000 → 500``),
+        which ``compressor export`` prints under the path; none by default."""
+        return []

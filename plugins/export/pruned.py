@@ -16,6 +16,7 @@ CPU latency at batch 1 and 64, pruned and dense) is written next to the file.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -235,6 +236,20 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return len(params), sum(p.numel() for p in params)
 
 
+def before_after(report: dict[str, Any]) -> list[str]:
+    """``parameters 1,000 → 500 (-50.0%)`` for parameters, MACs and file size."""
+    rows = [("parameters", "params", "{:,}"), ("MACs", "macs", "{:,}")]
+    rows.append(("file size", "file_bytes", "{:,} bytes"))
+    lines = []
+    for title, key, form in rows:
+        if key not in report:
+            continue
+        dense, pruned = report[key]["dense"], report[key]["pruned"]
+        change = f" ({100 * (pruned - dense) / dense:+.1f}%)" if dense else ""
+        lines.append(f"{title:<10} {form.format(dense)} → {form.format(pruned)}{change}")
+    return lines
+
+
 class PrunedExporter(Exporter):
     """``--format pruned``: the physically pruned model, plus ``<path stem>.json``; refused when
     no channel can be removed (unstructured zeros: ``--format sparse`` stores those)."""
@@ -242,11 +257,20 @@ class PrunedExporter(Exporter):
     class Config(TypeConfig):
         format: Literal["pruned"] = "pruned"
 
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.report: dict[str, Any] = {}
+
+    def summary(self) -> list[str]:
+        return before_after(self.report)
+
     def export(self, context: EvaluationContext, model: nn.Module, path: Path) -> Path:
         masks = {n: m for n in context.masks if (m := context.masks.get(n)) is not None}
         info = context.data_info
         if unit_groups(model):
-            return export_transformer(context, model, masks, Path(path))
+            written = export_transformer(context, model, masks, Path(path))
+            self.report = json.loads(written.with_suffix(".json").read_text())
+            return written
         shape = getattr(model, "example_input_shape", None) or (info.input_shape if info else None)
         x = example_input(model, shape)
         small, report = export_pruned(model, masks, x)
@@ -262,6 +286,7 @@ class PrunedExporter(Exporter):
         path = save_pruned(payload, Path(path))
         export_report(model, small, report, payload, path)
         atomic_write_json(report, path.with_suffix(".json"))
+        self.report = report
         return path
 
 

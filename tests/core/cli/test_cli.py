@@ -147,18 +147,23 @@ def test_explain_shows_the_optimizer_and_wrapper_settings(
     )
 
 
+def run_tiny(tmp_path: Path, modifiers: str) -> Path:
+    """Run the tiny recipe with ``modifiers`` (YAML lines); return the run folder."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE + "modifiers:\n" + modifiers)
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
 def test_report_labels_sparsity_of_compressed_tensors_and_of_all_eligible_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An excluded layer stays in the eligible count but not in the compressed one."""
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        TINY_RECIPE
-        + "modifiers:\n  - type: oneshot\n    sparsity: 0.5\n"
-        + "    operator: {kind: magnitude, exclude: ['3.weight']}\n"
+    out = run_tiny(
+        tmp_path,
+        "  - {type: oneshot, sparsity: 0.5, operator: {kind: magnitude, exclude: ['3.*']}}\n",
     )
-    out = tmp_path / "run"
-    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
     sparsity = json.loads((out / "report.json").read_text())["sparsity"]
     assert sparsity["compressed"] == {"sparsity": 0.5, "zeros": 64, "total": 128, "tensors": 1}
     assert (sparsity["zeros"], sparsity["eligible"]) == (64, 176)
@@ -184,3 +189,20 @@ def test_a_warning_reaches_the_user_as_one_clean_line(
         "(they stay dense): 1.weight (input dim 6)"
     ], err
     assert ".py:" not in err and "Warning" not in err
+
+
+def test_export_pruned_prints_parameters_macs_and_size_before_and_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_tiny(tmp_path, "  - {type: oneshot, sparsity: 0.5, operator: {kind: channel}}\n")
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "pruned"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "export-pruned.json").read_text())
+    # 8→16→3 MLP; half of the 16 hidden units go: 8·16+16+16·3+3 = 195 → 8·8+8+8·3+3 = 99
+    assert report["params"] == {"dense": 195, "pruned": 99}
+    assert "parameters 195 → 99 (-49.2%)" in printed
+    macs = report["macs"]
+    assert f"MACs       {macs['dense']:,} → {macs['pruned']:,}" in printed
+    size = report["file_bytes"]
+    assert f"file size  {size['dense']:,} bytes → {size['pruned']:,} bytes" in printed
