@@ -205,15 +205,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="compressor plugins")
-    for column in ("plugin", "distribution", "version", "provides"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        provides = "; ".join(
-            f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()
-        )
-        table.add_row(row["name"], row["distribution"], row["version"], provides or "(hooks only)")
-    out.print(table)
+    # one table per distribution, so the module names keep the width they need (never broken
+    # mid-word at 80 columns) and only "provides" wraps, between words
+    width = max((len(row["name"]) for row in rows), default=6)
+    for distribution in dict.fromkeys((row["distribution"], row["version"]) for row in rows):
+        table = Table(title=f"plugins of {distribution[0]} {distribution[1]}")
+        table.add_column("plugin", no_wrap=True, min_width=width)
+        table.add_column("provides", overflow="fold")
+        for row in rows:
+            if (row["distribution"], row["version"]) != distribution:
+                continue
+            provides = "; ".join(
+                f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()
+            )
+            table.add_row(row["name"], provides or "(hooks only)")
+        out.print(table)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,16 +66,29 @@ class StudyLock:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / ".compare.lock"
-        self.handle = self.path.open("w")
+        while True:
+            self.handle = self.path.open("w")
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.handle.close()
+                raise CompressorError(
+                    f"another compare is running on {folder}; wait for it or use another --out"
+                ) from None
+            if self._current():
+                return
+            self.handle.close()  # a finishing compare removed the file we locked: lock anew
+
+    def _current(self) -> bool:
+        """Whether the file locked is still the one at ``path`` (release removes it)."""
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.close()
-            raise CompressorError(
-                f"another compare is running on {folder}; wait for it or use another --out"
-            ) from None
+            return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
+        """Remove the lock file, then unlock: nothing is left in the study folder."""
+        self.path.unlink(missing_ok=True)
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 

@@ -207,17 +207,22 @@ def build_study(
             if study is not None:
                 raise study.error(at, message)
             raise recipe_source.error((), "a recipe must be a mapping of sections")
-        label = item.label or str(recipe_source.data.get("name", Path(item.path).stem))
-        if label in labels:
-            message = f"two recipes in the study are labelled '{label}'; give them labels"
-            raise (study.error(at, message) if study is not None else RecipeError(
-                [Problem(recipe_source.file, 1, 1, "", message)]))  # fmt: skip
-        labels.append(label)
         sets: list[tuple[str, tuple[str, int, int] | None]] = []
         for j, text in enumerate(item.set):
             where = study.values.get((*at, "set", j)) if study is not None else None
             sets.append((text, (study.file, *where) if study is not None and where else None))
         sets += [(text, None) for text in overrides]
+        # the name the recipe runs under (a --set name=... included) labels it
+        named = [
+            t.split("=", 1)[1].strip() for t, _ in sets if t.split("=", 1)[0].strip() == "name"
+        ]
+        name = named[-1] if named else recipe_source.data.get("name", Path(item.path).stem)
+        label = item.label or str(name)
+        if label in labels:
+            message = f"two recipes in the study are labelled '{label}'; give them labels"
+            raise (study.error(at, message) if study is not None else RecipeError(
+                [Problem(recipe_source.file, 1, 1, "", message)]))  # fmt: skip
+        labels.append(label)
         pending.append((label, recipe_source, sets))
     folders = unique_folders(labels)
     trials = [

@@ -57,9 +57,14 @@ def table_rows(summary: StudySummary) -> tuple[list[str], list[list[str]]]:
             row.append(_cell(m.values.get(c.key, []), c.column))
         if base_step:
             row.append(_step_ratio(m, base_step))
-        row.append(f"{statistics.fmean(m.wall_time_s):.0f}" if m.wall_time_s else "—")
+        row.append(seconds(statistics.fmean(m.wall_time_s)) if m.wall_time_s else "—")
         rows.append(row)
     return header, rows
+
+
+def seconds(value: float) -> str:
+    """Whole seconds, but a run under 10 s keeps a decimal (a short one is not "0")."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _cell(values: list[float], column: Column) -> str:

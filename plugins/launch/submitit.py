@@ -55,7 +55,9 @@ class SubmititLauncher(Launcher):
                 "the submitit launcher needs submitit: pip install 'compressor[submitit]'"
             ) from None
         folder = Path(self.config.folder) if self.config.folder else self.folder / "submitit"
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.config.cluster)
+        # no "%j" in the folder: submitit would also make an empty folder named "%j" in it;
+        # its files are named after the job id anyway
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.config.cluster)
         parameters: dict[str, Any] = {
             "timeout_min": self.config.timeout_min,
             "gpus_per_node": self.config.gpus_per_node,

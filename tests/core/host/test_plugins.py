@@ -202,3 +202,18 @@ def test_a_third_party_evaluator_appears_in_compare_with_no_core_change(
     random = next(m for m in report["methods"] if m["label"] == "random")
     assert random["metrics"]["density:overall"]["mean"] == pytest.approx(0.25, abs=0.01)
     assert (out / "density.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plugins_table_never_breaks_a_name_mid_word_at_80_columns() -> None:
+    env = {**os.environ, "COLUMNS": "80"}
+    listed = json.loads(
+        subprocess.run(
+            [*COMPRESSOR, "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    table = subprocess.run(
+        [*COMPRESSOR, "plugins"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert max(len(line) for line in table.splitlines()) <= 80
+    for row in listed:
+        assert row["name"] in table and f"plugins of {row['distribution']} " in table

@@ -230,3 +230,19 @@ def test_validate_checks_a_study_file(tmp_path: Path, capsys: pytest.CaptureFixt
     path = write_study(tmp_path, with_oneshot=False)
     assert main(["validate", str(path)]) == 0
     assert "ok — study 'tiny', 2 recipe(s) × 2 seed(s) = 4 runs" in capsys.readouterr().out
+
+
+def test_compare_labels_by_the_set_name_shows_short_wall_times_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sgd.yaml").write_text(RECIPE.format(name="sgd"))
+    args = ["compare", "sgd.yaml", "--out", "out", "--quiet", "--set", "name=renamed"]
+    assert main(args) == 0
+    with (tmp_path / "out" / "report.csv").open() as handle:
+        header, row = list(csv.reader(handle))
+    assert row[0] == "renamed" and "step ×renamed" in header
+    wall = Store(tmp_path / "out" / STORE).runs()[0].wall_time_s
+    assert wall is not None
+    assert row[header.index("wall s")] == (f"{wall:.1f}" if wall < 10 else f"{wall:.0f}")
+    assert not (tmp_path / "out" / ".compare.lock").exists()
