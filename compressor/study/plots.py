@@ -101,12 +101,20 @@ def _values(ax: Any) -> list[float]:
     return [float(y) for line in ax.get_lines() for y in line.get_ydata()]
 
 
+def percent_limits(values: list[float]) -> tuple[float, float]:
+    """The y-range of a percentage axis: the data's own range with a margin of 8% of it (at
+    least half a point), cut at 40 points below the best when some points collapse to chance,
+    and kept inside [0, 100]."""
+    top = max(values)
+    low = max(min(values), top - 40)
+    pad = max(0.08 * (top - low), 0.5)
+    return max(0.0, low - pad), min(100.0, top + pad)
+
+
 def _clip_percent(ax: Any) -> None:
-    """Keep the top 40 points of a percentage readable when some points collapse to chance."""
     values = _values(ax)
     if values:
-        top = max(values)
-        ax.set_ylim(max(0.0, min(min(values), top - 40)) - 1, min(100.0, top + 1))
+        ax.set_ylim(*percent_limits(values))
 
 
 def _zoom(ax: Any, curve: Curve, scale: float) -> None:

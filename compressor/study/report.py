@@ -1,11 +1,14 @@
-"""Study reports from the store alone: terminal table, Markdown, CSV, JSON and PNG plots.
+"""Study reports from the store alone: terminal table, Markdown, CSV, JSON, PNG plots and one
+self-contained ``report.html``.
 
 ``compressor report STUDY_DIR`` calls :func:`render` without re-running anything.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -75,8 +78,41 @@ def render(study_dir: str | Path, *, console: Console | None = None) -> dict[str
         files[key] = path
     files["training"] = study_dir / "training.png"
     plot_training(summary, files["training"])
+    files["html"] = study_dir / "report.html"
+    images = [path for key, path in files.items() if path.suffix == ".png"]
+    write_html(files["html"], summary.name, header, rows, caption, images)
     console.print("wrote " + ", ".join(str(p) for p in files.values()))
     return files
+
+
+def write_html(
+    path: Path,
+    name: str,
+    header: list[str],
+    rows: list[list[str]],
+    caption: str,
+    images: list[Path],
+) -> None:
+    """One self-contained page (the table and every plot inline, nothing fetched), so a study
+    can be shared as a single file."""
+    cells = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows
+    )
+    figures = "".join(
+        f'<figure><img alt="{html.escape(image.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(image.read_bytes()).decode()}"></figure>\n'
+        for image in images
+    )
+    title = html.escape(f"Study: {name}")
+    path.write_text(
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title>\n'
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head>\n"
+        f"<body><h1>{title}</h1>\n<table><tr>{cells}</tr>\n{body}</table>\n"
+        f"<p>{html.escape(caption)}</p>\n{figures}</body></html>\n"
+    )
 
 
 def report_json(summary: StudySummary) -> dict[str, object]:

@@ -15,6 +15,7 @@ import pytest
 
 from compressor.cli.main import main
 from compressor.host.manager import Plugins
+from compressor.study.plots import percent_limits
 from compressor.study.runner import STORE, run_study
 from compressor.study.spec import load_study
 from compressor.study.store import Store
@@ -246,3 +247,13 @@ def test_compare_labels_by_the_set_name_shows_short_wall_times_and_leaves_no_loc
     assert wall is not None
     assert row[header.index("wall s")] == (f"{wall:.1f}" if wall < 10 else f"{wall:.0f}")
     assert not (tmp_path / "out" / ".compare.lock").exists()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<td>renamed</td>" in page and page.count('src="data:image/png;base64,') >= 1
+    assert "http" not in page  # self-contained: nothing is fetched
+
+
+def test_percent_axes_are_scaled_to_the_data() -> None:
+    """84–92%: the axis spans the data plus 8% of its range, not a floor 40 points down."""
+    assert percent_limits([84.0, 88.0, 92.0]) == pytest.approx((83.36, 92.64))
+    assert percent_limits([10.0, 95.0]) == pytest.approx((55.0 - 3.2, 98.2))  # collapse: cut
+    assert percent_limits([99.9, 99.9]) == pytest.approx((99.4, 100.0))
