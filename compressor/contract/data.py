@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -113,9 +114,20 @@ class DatasetBuilder:
     TAG: ClassVar[str] = "name"
     Config: ClassVar[type[DatasetConfig]] = DatasetConfig
     default_task: ClassVar[str | None] = None
+    folder_of: Callable[[str], Path] | None = None
+    """Set by the engine: the folder a relative path in config field ``field`` resolves
+    against (the recipe's; the current directory for ``--set``)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def local_path(self, value: str | Path, field: str) -> Path:
+        """``value`` (written in config field ``field``) as an absolute path: a relative one
+        resolves against the folder of the file it was written in (docs/data.md)."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        return (self.folder_of(field) if self.folder_of else Path.cwd()) / path
 
     def train_size(self) -> int:
         """Number of training samples, known without building (resolves epochs at load)."""

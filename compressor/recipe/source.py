@@ -55,6 +55,17 @@ class Source:
                 return depth, table[loc[:depth]]
         return None
 
+    def folder(self, loc: Loc) -> Path:
+        """The folder a relative path at ``loc`` resolves against: that of the file it was
+        written in (the recipe, or a study's ``shared:``/``set:``), or the current directory
+        for a ``--set`` on the command line."""
+        foreign = self._deepest(self.foreign, loc)
+        if foreign is not None:
+            return Path(foreign[1][0]).parent
+        if self._deepest(self.notes, loc) is not None:
+            return Path.cwd()
+        return Path(self.file).parent
+
     def problem(self, loc: Loc, message: str, *, key: bool = False) -> Problem:
         note = self._deepest(self.notes, loc)
         if note is not None:

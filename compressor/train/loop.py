@@ -157,6 +157,7 @@ def prepare(
     config = recipe.config
     torch.manual_seed(config.train.seed)
     dataset = plugins.registries.datasets.build(config.data)
+    dataset.folder_of = lambda field: recipe.source.folder(("data", field))
     task = build_task(recipe, dataset, plugins)
     data = dataset.build() if with_data else None
     if data is not None:

@@ -3,14 +3,15 @@
 * ``tensors`` — arrays from ``.pt`` (a dict with ``x``/``y``, or an ``(x, y)`` pair; loaded
   with ``weights_only``), ``.npz`` (arrays ``x`` and ``y``) or a pair of ``.npy`` files
   (``{x: inputs.npy, y: labels.npy}``); kept in memory (the fast path). Labels are class ids.
-* ``text`` — one local text file cut into blocks of ``block_size`` tokens for language
-  modelling: bytes (ids 0–255, plus ``special_tokens`` free ids above them, e.g. for a mask
+* ``text`` — one local text file (default: Python's standard-library sources) cut into
+  blocks of ``block_size`` tokens for language modelling: bytes (ids 0–255, plus ``special_tokens`` free ids above them, e.g. for a mask
   token) by default, or a tokenizer from a local folder (``transformers``'s ``AutoTokenizer``,
   ``local_files_only``). The first ``1 - test_fraction`` of the tokens train, the rest test.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -41,22 +42,25 @@ class ArrayFiles(BaseModel):
     y: str
 
 
-def _exists(path: str) -> Path:
-    file = Path(path)
-    if not file.is_file():
-        raise CompressorError(f"data file {file} does not exist (nothing is downloaded)")
-    return file
+def _exists(path: Path, field: str) -> Path:
+    if not path.is_file():
+        raise CompressorError(
+            f"data file {path} does not exist (nothing is downloaded; a relative path in a "
+            f"recipe resolves against the recipe's folder): give yours with --set data.{field}=FILE"
+        )
+    return path
 
 
 def load_arrays(
-    source: str | ArrayFiles, x_key: str, y_key: str
+    source: str | ArrayFiles, x_key: str, y_key: str, resolve: Callable[[str], Path] = Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` tensors from a ``.pt``/``.npz`` file or a pair of ``.npy`` files."""
+    """``(x, y)`` tensors from a ``.pt``/``.npz`` file or a pair of ``.npy`` files; ``resolve``
+    makes a written path absolute and says which field it came from in errors."""
     if isinstance(source, ArrayFiles):
-        return torch.from_numpy(np.load(_exists(source.x))), torch.from_numpy(
-            np.load(_exists(source.y))
+        return torch.from_numpy(np.load(resolve(source.x))), torch.from_numpy(
+            np.load(resolve(source.y))
         )
-    path = _exists(source)
+    path = resolve(source)
     if path.suffix == ".npz":
         with np.load(path) as arrays:
             missing = [k for k in (x_key, y_key) if k not in arrays]
@@ -87,8 +91,8 @@ class Tensors(DatasetBuilder):
     @cached_property
     def _splits(self) -> DataSplits:
         c = self.config
-        x, y = load_arrays(c.train, c.x_key, c.y_key)
-        x_test, y_test = load_arrays(c.test, c.x_key, c.y_key)
+        x, y = load_arrays(c.train, c.x_key, c.y_key, self._resolver("train"))
+        x_test, y_test = load_arrays(c.test, c.x_key, c.y_key, self._resolver("test"))
         if x.shape[1:] != x_test.shape[1:]:
             raise CompressorError(
                 f"train inputs are {tuple(x.shape[1:])}, test inputs {tuple(x_test.shape[1:])}"
@@ -100,6 +104,9 @@ class Tensors(DatasetBuilder):
         classes = c.num_classes or int(max(y.max(), y_test.max())) + 1
         info = DataInfo(tuple(x.shape[1:]), classes, x.dtype)
         return DataSplits(x, y.long(), x_test, y_test.long(), info)
+
+    def _resolver(self, field: str) -> Callable[[str], Path]:
+        return lambda value: _exists(self.local_path(value, field), field)
 
     def train_size(self) -> int:
         return int(self._splits.train_x.shape[0])
@@ -129,7 +136,9 @@ class Blocks(Dataset[torch.Tensor]):
 class Text(DatasetBuilder):
     class Config(DatasetConfig):
         name: Literal["text"]
-        path: str
+        path: str | None = Field(
+            None, description="a local text file; default: Python's own standard library sources"
+        )
         block_size: int = Field(128, ge=2)
         test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
         tokenizer: str | None = Field(None, description="a local folder for AutoTokenizer")
@@ -139,11 +148,19 @@ class Text(DatasetBuilder):
 
     default_task = "causal_lm"
 
+    def where(self) -> str:
+        """The corpus, for messages."""
+        return "the standard-library text" if self.config.path is None else str(self.config.path)
+
     @cached_property
     def _tokens(self) -> tuple[torch.Tensor, int]:
         """All token ids of the file and the vocabulary size."""
         c = self.config
-        raw = _exists(c.path).read_bytes()
+        raw = (
+            stdlib_text()
+            if c.path is None
+            else _exists(self.local_path(c.path, "path"), "path").read_bytes()
+        )
         if c.tokenizer is None:
             tokens = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
             return tokens, 256 + c.special_tokens
@@ -158,7 +175,7 @@ class Text(DatasetBuilder):
     def train_size(self) -> int:
         size = self._split() // self.config.block_size
         if size == 0:
-            raise CompressorError(f"{self.config.path} holds fewer tokens than one training block")
+            raise CompressorError(f"{self.where()} holds fewer tokens than one training block")
         return size
 
     def info(self) -> DataInfo:
@@ -171,15 +188,24 @@ class Text(DatasetBuilder):
         test = Blocks(tokens[split:], length)
         if len(test) == 0:
             raise CompressorError(
-                f"{self.config.path}: the test part ({tokens.numel() - split} tokens) is shorter "
+                f"{self.where()}: the test part ({tokens.numel() - split} tokens) is shorter "
                 f"than one block of {length}; raise test_fraction or lower block_size"
             )
         return Data(Blocks(tokens[:split], length), test, self.info(), random=False)
 
 
-def _tokenizer(folder: str) -> Any:
-    import os
+# Modules of Python's standard library, in this order: text that is on every machine that runs
+# compressor, so the language-model recipes run from a fresh clone (about 0.5 MB of bytes).
+STDLIB_TEXT = ("argparse.py", "dataclasses.py", "functools.py", "pathlib.py", "typing.py")
 
+
+def stdlib_text() -> bytes:
+    """The default corpus of ``text``: the sources in :data:`STDLIB_TEXT`, concatenated."""
+    folder = Path(os.__file__).parent
+    return b"\n".join((folder / name).read_bytes() for name in STDLIB_TEXT)
+
+
+def _tokenizer(folder: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoTokenizer

@@ -359,8 +359,8 @@ class ImageFolderDataset(VisionDataset):
         given = c.train if which == "train" else c.val
         default = Path("train" if which == "train" else "val")
         if c.root is None:
-            return Path(given)
-        return Path(c.root) / (given or default)
+            return self.local_path(given, which)
+        return self.local_path(c.root, "root") / (given or default)
 
     def scan(self, which: str) -> Any:
         """torchvision's ImageFolder over one folder, without transforms: lists the files."""
