@@ -99,6 +99,7 @@ class Session:
         plugins: Plugins | None = None,
         example_inputs: Callable[[int], Any] | None = None,
         calibration: Callable[[int, int, int, int], Iterator[Any]] | None = None,
+        runs_log: bool = False,
     ) -> None:
         """``steps_per_epoch`` counts optimizer steps (with ``train.accumulate: K``, the
         loader's length divided by K, rounded up). ``example_inputs(batch)`` gives inputs for
@@ -107,9 +108,18 @@ class Session:
         model inputs for operators that compress from data (Wanda, SparseGPT, GPTQ), with the
         meaning of ``EvaluationContext.calibration_batches``; the built-in loop passes its
         run's. ``plugins``: the loaded plugins to build from and notify (default: the
-        installed ones, loaded afresh; there is no process-wide set)."""
+        installed ones, loaded afresh; there is no process-wide set). A recipe with a ``log:``
+        section is refused unless ``runs_log`` (the caller runs its loggers: the built-in
+        loop)."""
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be positive")
+        log = getattr(recipe.config, "log", None)
+        if not runs_log and log is not None and log.to:  # refused, never silently ignored
+            raise recipe.error(
+                ("log",),
+                "a Session in your own loop does not run the recipe's log: section (compressor "
+                "run does): log from your loop (session.finalize() gives the report) or remove it",
+            )
         self.plugins = plugins or load_plugins()
         self.registries = self.plugins.registries
         self.model = unwrap_model(model)  # the user's names, without DDP/compile prefixes

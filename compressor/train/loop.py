@@ -196,6 +196,7 @@ def prepare(
         plugins=plugins,
         example_inputs=lambda n: _example(batches, task, info, n),
         calibration=calibration,
+        runs_log=True,
     )
     spec = config.model.model_dump(mode="json")
     context = RunContext(session, task, batches, model_spec=spec, data_info=info)
