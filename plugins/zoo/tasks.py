@@ -6,7 +6,7 @@
   predicts token ``t + 1`` from tokens ``≤ t``; loss the mean cross-entropy per predicted token;
   metrics perplexity (headline, lower is better) and loss.
 * ``masked_lm`` — the same batches; 15% of positions are chosen, 80% of those replaced by
-  ``mask_token``, 10% by a random token, 10% kept (BERT's rule); the loss and perplexity are over
+  ``mask_token`` (default 0: the NUL byte, free in byte-level text), 10% by a random token, 10% kept (BERT's rule); the loss and perplexity are over
   the chosen positions only. The choice is drawn once per batch from the step's generator, so
   both passes of a two-pass step and a resumed run see the same masks.
 
@@ -115,14 +115,24 @@ class CausalLM(Task):
         return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss}
 
 
+NUL = 0  # byte-level text's default [MASK]: a byte that text files do not hold
+BYTES = 256
+
+
 class MaskedLM(Task):
     class Config(TypeConfig):
         name: Literal["masked_lm"] = "masked_lm"
-        mask_token: int = Field(ge=0, description="the id of the [MASK] token")
+        mask_token: int = Field(
+            NUL,
+            ge=0,
+            description="the id of the [MASK] token; default 0, the NUL byte, which byte-level "
+            "text never holds (with a tokenizer give its [MASK] id)",
+        )
         vocab_size: int | None = Field(
             None,
             gt=0,
-            description="random replacements are drawn below this id (default: mask_token)",
+            description="random replacements are drawn below this id (default: 256, the bytes, "
+            "for the default mask token, else mask_token)",
         )
         probability: float = Field(0.15, gt=0.0, lt=1.0)
 
@@ -138,7 +148,7 @@ class MaskedLM(Task):
         masked = ids.clone()
         masked[chosen.to(ids.device) & (kind < 0.8)] = c.mask_token
         swap = chosen.to(ids.device) & (kind >= 0.8) & (kind < 0.9)
-        vocab = c.vocab_size or max(c.mask_token, 1)
+        vocab = c.vocab_size or (BYTES if c.mask_token == NUL else c.mask_token)
         random = torch.randint(vocab, ids.shape, generator=generator).to(ids.device)
         masked[swap] = random[swap]
         extra = (

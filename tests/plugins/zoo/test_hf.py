@@ -4,9 +4,11 @@ through Session and `compressor run` (issue 11's transformer coverage)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -216,3 +218,47 @@ def test_channel_pruning_of_a_token_model_is_refused_by_validate(tmp_path: Path)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("r.yaml:") and "modifiers[0].operator: channel pruning does not" in line
     assert "attention" in line or "Conv1D" in line
+
+
+def run_on_stdlib_text(tmp_path: Path, model: str, rest: str, name: str = "r") -> dict[str, Any]:
+    """``compressor run`` of ``model`` on the default text (2 steps); the report."""
+    (tmp_path / f"{name}.yaml").write_text(
+        f"name: lm\nmodel: {model}\ndata: {{name: text, block_size: 16, batch_size: 8}}\n"
+        f"train: {{epochs: 1, max_steps: 2}}\noptimizer: {{name: adamw, lr: 1.0e-3}}\n{rest}"
+    )
+    result = cli("run", f"{name}.yaml", "--out", name, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads((tmp_path / name / "report.json").read_text()))
+
+
+def test_masked_lm_on_byte_text_runs_with_the_default_mask_token(tmp_path: Path) -> None:
+    """No mask_token, no data file: the NUL byte masks, the standard-library text trains."""
+    report = run_on_stdlib_text(tmp_path, BERT, "task: {name: masked_lm}\n")
+    assert report["steps"] == 2 and math.isfinite(report["metrics"]["test_perplexity"])
+
+
+def test_masked_lm_replaces_chosen_tokens_by_nul_and_random_bytes() -> None:
+    from compressor_plugins.zoo.tasks import MaskedLM
+
+    task = MaskedLM(MaskedLM.Config(name="masked_lm", probability=0.5))
+    ids = torch.full((64, 64), 65)  # "A" everywhere
+    batch = task.prepare(ids, torch.Generator().manual_seed(0))
+    chosen = batch["labels"] != -100
+    changed = batch["input_ids"][chosen]
+    assert (changed == 0).float().mean() > 0.7  # 80% of the chosen become NUL
+    assert int(changed.max()) < 256  # random replacements are bytes
+
+
+def test_lm_embeddings_and_head_stay_dense_unless_named(tmp_path: Path) -> None:
+    """GPT-2's wte is tied to lm_head: the default selection leaves both dense (explain says
+    so); naming them prunes them."""
+    prune = (
+        "modifiers:\n  - {type: oneshot, sparsity: 0.5, operator: {kind: magnitude, scope: layer"
+    )
+    layers = run_on_stdlib_text(tmp_path, GPT2, prune + "}}\n")["sparsity"]["per_layer"]
+    explained = cli("explain", "r.yaml", cwd=tmp_path)
+    assert "language model: transformer.wte.weight stay dense unless" in explained.stdout
+    assert "transformer.wte.weight" not in layers
+    assert layers["transformer.h.0.attn.c_attn.weight"] == 0.5
+    named = run_on_stdlib_text(tmp_path, GPT2, prune + ", include: ['*.weight']}}\n", "named")
+    assert named["sparsity"]["per_layer"]["transformer.wte.weight"] == 0.5
