@@ -20,6 +20,7 @@ from compressor.contract.errors import CompressorError, InputError, RecipeError
 from compressor.contract.evaluation import Evaluation
 from compressor.host.manager import Plugins
 from compressor.host.registry import Registries
+from compressor.kit.selection import dense_by_default
 from compressor.recipe.overrides import OverrideError, apply_overrides, override_locs
 from compressor.recipe.schema import Recipe, build_recipe_model, validate_source
 from compressor.recipe.source import read_yaml
@@ -170,6 +171,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out.print(table)
     if not session.modifiers:
         out.print("no modifiers: the model is trained dense")
+    dense = [names[0] for names in dense_by_default(session.model).values() if names]
+    if dense:
+        out.print(
+            f"language model: {', '.join(dense)} stay dense unless an operator names them "
+            "(include: [...], or modules: [..., embedding])",
+            markup=False,
+            highlight=False,
+        )
     return 0
 
 

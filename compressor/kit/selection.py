@@ -77,17 +77,38 @@ def matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+def dense_by_default(model: nn.Module) -> dict[int, list[str]]:
+    """A language model's input embeddings and LM head (Hugging Face's
+    ``get_input_embeddings`` / ``get_output_embeddings``), by parameter id with their names:
+    left dense unless a recipe names them (``include``, or ``modules: [embedding]``), as the
+    field does (llm-compressor ignores ``lm_head``); a tied pair is one tensor."""
+    model = unwrap_model(model)
+    names = parameter_names(model)
+    found: dict[int, list[str]] = {}
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            module = getattr(model, getter)() if hasattr(model, getter) else None
+        except (NotImplementedError, AttributeError):
+            module = None
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and module is not None:
+            found[id(weight)] = names.get(id(weight), [])
+    return found
+
+
 def select_targets(
     model: nn.Module,
     modules: Sequence[str] = ("linear", "conv"),
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
 ) -> list[Target]:
-    """The eligible weights of ``model`` in module order."""
+    """The eligible weights of ``model`` in module order (a language model's embeddings and LM
+    head only when named: :func:`dense_by_default`)."""
     model = unwrap_model(model)
     kinds = tuple(cls for kind in modules for cls in MODULE_TYPES[kind])
     linear = "linear" in modules
     names = parameter_names(model)
+    dense = {} if "embedding" in modules else dense_by_default(model)
     targets = []
     seen: set[int] = set()  # a parameter shared by two modules (tied weights) is one target
     for module_name, module in model.named_modules():
@@ -100,7 +121,8 @@ def select_targets(
         seen.add(id(weight))
         own = f"{module_name}.weight" if module_name else "weight"
         aliases = tuple(names.get(id(weight), [own]))
-        if include and not any(matches(n, p) for n in aliases for p in include):
+        named = any(matches(n, p) for n in aliases for p in include)
+        if (include and not named) or (id(weight) in dense and not named):
             continue
         if any(matches(n, p) for n in aliases for p in exclude):
             continue
