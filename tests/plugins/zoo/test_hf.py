@@ -70,9 +70,9 @@ def test_gpt2_conv1d_layers_are_eligible_and_transposed(plugins: Plugins) -> Non
     conv1d = [t for t in targets.values() if t.transposed]
     assert len(conv1d) == 8  # c_attn, c_proj, c_fc, mlp.c_proj in each of 2 blocks
     assert targets["transformer.h.0.attn.c_attn.weight"].param.shape == (32, 96)  # [in, out]
-    tied = targets["transformer.wte.weight"]  # lm_head shares it: one target, two names
+    assert "transformer.wte.weight" not in targets and "lm_head.weight" not in targets  # dense
+    (tied,) = select_targets(model, include=["lm_head.weight"])  # named: one target, two names
     assert set(tied.aliases) == {"transformer.wte.weight", "lm_head.weight"}
-    assert "lm_head.weight" not in targets
 
 
 def test_gpt2_gmp_to_50_percent_through_session(plugins: Plugins) -> None:
