@@ -65,7 +65,6 @@ from compressor.plugin_api import (
     freeze_bn_stats,
     from_group_layout,
     keep_count,
-    matches,
     to_group_layout,
     topk_masks,
 )
@@ -328,9 +327,9 @@ class DataAwareOperator(Operator):
     def bind(
         self, model: nn.Module, targets: list[Target], context: CompressionContext | None = None
     ) -> None:
-        """Check the layers, then require data: a context without any is a ConfigError. A
-        language model's output head stays dense unless ``include`` names it."""
-        targets = [t for t in targets if not self.default_dense(model, t)]
+        """Check the layers, then require data: a context without any is a ConfigError. (A
+        language model's embeddings and output head are not among the targets unless named:
+        ``select_targets`` leaves them dense by default.)"""
         for target in targets:
             check_layer(target, str(self.config.kind))
         super().bind(model, targets, context)
@@ -344,21 +343,6 @@ class DataAwareOperator(Operator):
                 "use_calibration(inputs) on an operator built without a context",
                 ("calibration",),
             )
-
-    def default_dense(self, model: nn.Module, target: Target) -> bool:
-        """The output head (Hugging Face's ``get_output_embeddings()``, or a layer sharing an
-        embedding's weight), unless an ``include`` pattern names it: post-training leaves it
-        dense, as the methods' papers and llm-compressor do. Embeddings are never selected
-        unless ``modules`` lists ``embedding``."""
-        include = getattr(self.config, "include", [])
-        if any(matches(n, p) for n in target.aliases or (target.name,) for p in include):
-            return False
-        heads = getattr(model, "get_output_embeddings", None)
-        head = heads() if callable(heads) else None
-        if head is not None and target.module is head:
-            return True
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        return id(target.param) in embeddings and not isinstance(target.module, nn.Embedding)
 
     def use_calibration(
         self, inputs: Iterable[Any], forward: Callable[[nn.Module, Any], Any] | None = None

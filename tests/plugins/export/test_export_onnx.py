@@ -8,20 +8,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from compressor.cli.main import main
-from compressor.train.restore import restore_run
-from compressor_plugins.export.onnx_export import OnnxExportError, export_graph, export_onnx
-from tests.plugins.export.test_export_pruned import channel_masks, masked_copy
-from tests.plugins.zoo.test_hf import GPT2, write_text
-from tests.support import ROOT
-from tests.support.channel import mnist1d_cnn
-from tests.support.docs import marked_blocks
+onnx = pytest.importorskip("onnx", reason="the onnx extra: pip install 'compressor[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'compressor[onnx]'")
+pytest.importorskip("onnxscript", reason="the onnx extra: pip install 'compressor[onnx]'")
+
+from compressor.cli.main import main  # noqa: E402
+from compressor.train.restore import restore_run  # noqa: E402
+from compressor_plugins.export.onnx_export import OnnxExportError, export_graph, export_onnx  # noqa: E402
+from tests.plugins.export.test_export_pruned import channel_masks, masked_copy  # noqa: E402
+from tests.plugins.zoo.test_hf import GPT2, write_text  # noqa: E402
+from tests.support import ROOT  # noqa: E402
+from tests.support.channel import mnist1d_cnn  # noqa: E402
+from tests.support.docs import marked_blocks  # noqa: E402
 
 CNN = """\
 version: 1
