@@ -18,6 +18,7 @@ from rich.table import Table
 
 from compressor.contract.errors import CompressorError, InputError, RecipeError
 from compressor.contract.evaluation import Evaluation
+from compressor.contract.exporter import Exporter
 from compressor.host.manager import Plugins
 from compressor.host.registry import Registries
 from compressor.kit.selection import dense_by_default
@@ -232,30 +233,37 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def build_exporter(plugins: Plugins, format_name: str, *, int8: bool = False) -> Exporter:
+    """The exporter of ``--format``, its packages checked: an InputError names what is wrong."""
     from compressor.kit.extras import require_package
-    from compressor.kit.files import staged
-    from compressor.train.restore import restore_run
 
-    registry = args.plugins.registries.exporters
+    registry = plugins.registries.exporters
     try:
-        entry = registry.get(args.format)
+        entry = registry.get(format_name)
     except KeyError as exc:
         raise InputError(f"{exc.args[0]}; known: {', '.join(registry.names())}") from None
-    options: dict[str, Any] = {"format": args.format}
-    if args.int8:
+    options: dict[str, Any] = {"format": format_name}
+    if int8:
         options["int8"] = True
     try:
         config = entry.config.model_validate(options)
     except ValidationError:
-        raise InputError(f"--int8 does not apply to --format {args.format}") from None
-    exporter = entry.cls(config)
+        raise InputError(f"--int8 does not apply to --format {format_name}") from None
+    exporter: Exporter = entry.cls(config)
+    for module, extra in exporter.requires:
+        require_package(module, extra, f"--format {format_name}")
+    return exporter
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compressor.kit.files import staged
+    from compressor.train.restore import restore_run
+
+    exporter = build_exporter(args.plugins, args.format, int8=args.int8)
     run_dir = Path(args.run)
     target = Path(args.out) if args.out else run_dir / f"export-{args.format}{exporter.suffix}"
     if target.exists() and not args.overwrite:
         raise InputError(f"{target} exists: pass --overwrite to replace it")
-    for module, extra in exporter.requires:
-        require_package(module, extra, f"--format {args.format}")
     context = restore_run(run_dir, args.plugins)
     exporter.check(context, context.model)
     with staged(target) as stage:
@@ -386,6 +394,10 @@ def register_commands(sub: argparse._SubParsersAction, plugins: Plugins) -> None
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--int8", action="store_true", help="--format onnx: static int8 (W8A8, QDQ)")
     p.set_defaults(func=cmd_export)
+
+    from compressor.cli.compress import add_parser  # it builds on this module's helpers
+
+    add_parser(sub)
 
     p = sub.add_parser(
         "compare", help="compare recipes side by side (a study file, or several recipes)"

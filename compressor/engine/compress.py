@@ -58,13 +58,32 @@ def compress(
     batches = list(calibration)
     if not batches:
         raise CompressorError("compress: the calibration data is empty")
+    session = Session(
+        model, parsed, steps_per_epoch=1, plugins=plugins, calibration=fixed_source(batches)
+    )
+    return compress_session(session, evaluate=evaluate, progress=progress)
+
+
+def fixed_source(batches: list[Any]) -> Callable[[int, int, int, int], Iterator[Any]]:
+    """A session's calibration source that gives ``batches`` whatever is asked."""
 
     def source(samples: int, seed: int, count: int, size: int) -> Iterator[Any]:
         return iter(batches)
 
+    return source
+
+
+def compress_session(
+    session: Session,
+    *,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`compress` on a session already built (e.g. one that is also an evaluation
+    context for an exporter, as ``compressor compress`` builds)."""
+    model = session.model
     before = evaluate(model) if evaluate is not None else None
     start = time.perf_counter()
-    session = Session(model, parsed, steps_per_epoch=1, plugins=plugins, calibration=source)
     for modifier in session.modifiers:
         operator = getattr(modifier, "operator", None)
         if progress is not None and hasattr(operator, "progress"):
@@ -74,7 +93,7 @@ def compress(
     after = evaluate(model) if evaluate is not None else None
     stats = session.sparsity()
     return {
-        "recipe": parsed.config.name,
+        "recipe": session.recipe.config.name,
         "seconds": seconds,
         "sparsity": stats["global"],
         "per_layer": stats["per_layer"],
