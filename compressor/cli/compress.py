@@ -2,7 +2,9 @@
 
 The CLI face of :func:`compressor.compress` (issue 23's "one-shot" one-liner; the core names
 no built-in type, the one-shot modifier included, so the command is named after the function).
-MODEL is a local Hugging Face folder (:mod:`compressor.engine.hf_folder`); the recipe needs
+MODEL is a local Hugging Face folder (:mod:`compressor.engine.hf_folder`), or a recipe file
+whose ``model:`` section builds the model (through the host, as a run would, reading UTF-8
+bytes: 256 token ids unless its config says more); the recipe needs
 only ``name`` and ``modifiers``. Calibration and held-out windows come from ``--calibration``
 (a text file) or the Python standard library's sources (:mod:`compressor.engine.lm`).
 Perplexity is measured on the held-out windows before and after; ``--out`` receives
@@ -15,13 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.cli.commands import build_exporter, out, read_recipe
 from compressor.contract.errors import CompressorError, InputError, RecipeError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 __all__ = ["add_parser", "cmd_compress"]
+
+BYTES = 256  # a recipe's model reads UTF-8 bytes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,7 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "compress",
         help="compress a local Hugging Face language model with a recipe (post-training)",
     )
-    p.add_argument("model", help="a local Hugging Face folder (config.json + *.safetensors)")
+    p.add_argument(
+        "model",
+        help="a local Hugging Face folder (config.json + *.safetensors), or a recipe file "
+        "whose model: section builds the model (it reads UTF-8 bytes)",
+    )
     p.add_argument("recipe", help="a recipe with name and modifiers (e.g. gptq, sparsegpt)")
     p.add_argument(
         "--calibration",
@@ -55,9 +68,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=cmd_compress)
 
 
+def recipe_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
+    """``(model, vocabulary size)`` built from MODEL, a recipe file's ``model:`` section, for
+    byte-level token data (256 ids unless its config says more)."""
+    import torch
+
+    from compressor.contract.data import DataInfo
+    from compressor.engine.hf_folder import vocab_size
+    from compressor.recipe.source import read_yaml
+
+    data = read_yaml(args.model).data
+    spec = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        raise InputError(
+            f"{args.model}: MODEL is a Hugging Face folder or a recipe with a model: section"
+        )
+    info = DataInfo((args.seq_len,), BYTES, torch.int64)
+    try:
+        model: nn.Module = args.host.build_model(dict(spec), info)
+    except InputError:
+        raise
+    except CompressorError as exc:
+        raise InputError(f"{args.model}: model: {exc}") from None
+    return model.eval(), vocab_size(model, default=BYTES)
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from compressor.engine.compress import compress_session
-    from compressor.engine.hf_folder import check_ids, load_causal_lm, tokenizer_of, vocab_size
+    from compressor.engine.hf_folder import (
+        check_ids,
+        load_causal_lm,
+        tokenizer_of,
+        utf8_ids,
+        vocab_size,
+    )
     from compressor.engine.lm import TextSession, perplexity, stdlib_text, token_windows
     from compressor.kit.files import atomic_write_text, staged
 
@@ -76,9 +120,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise InputError(f"{out_dir} exists: pass --overwrite to replace it")
     exporter = build_exporter(args.plugins, args.format) if args.format else None
 
-    model = load_causal_lm(args.model)
-    vocab = vocab_size(model)
-    tokenizer, encode = tokenizer_of(args.model, vocab)
+    encode: Callable[[str], torch.Tensor]
+    if Path(args.model).is_file():
+        model, vocab = recipe_model(args)
+        tokenizer, encode = "UTF-8 bytes (a recipe's model)", utf8_ids
+    else:
+        model = load_causal_lm(args.model)
+        vocab = vocab_size(model)
+        tokenizer, encode = tokenizer_of(args.model, vocab)
     needed = (args.samples + args.eval_samples) * args.seq_len
     if args.calibration:
         path = Path(args.calibration)

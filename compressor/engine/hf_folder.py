@@ -66,14 +66,18 @@ def load_causal_lm(folder: str | Path) -> nn.Module:
     return model.eval()  # type: ignore[no-any-return]
 
 
-def vocab_size(model: nn.Module) -> int:
-    """The number of token ids the model's input embedding takes."""
+def vocab_size(model: nn.Module, default: int | None = None) -> int:
+    """The number of token ids the model's input embedding takes (its config's
+    ``vocab_size``, else ``default``)."""
     get = getattr(model, "get_input_embeddings", None)
     embedding = get() if callable(get) else None
     if isinstance(embedding, nn.Embedding):
         return int(embedding.num_embeddings)
     config: Any = getattr(model, "config", None)
-    return int(config.vocab_size)
+    value = getattr(config, "vocab_size", default)
+    if value is None:
+        raise InputError(f"cannot tell the vocabulary size of a {type(model).__name__}")
+    return int(value)
 
 
 def tokenizer_of(folder: str | Path, vocab: int) -> tuple[str, Callable[[str], torch.Tensor]]:
@@ -94,11 +98,12 @@ def tokenizer_of(folder: str | Path, vocab: int) -> tuple[str, Callable[[str], t
             f"{folder} has no tokenizer and its vocabulary ({vocab} ids) is not byte-sized "
             "(256-259): add the tokenizer files to the folder"
         )
+    return "UTF-8 bytes (no tokenizer in the folder)", utf8_ids
 
-    def encode_bytes(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
-    return "UTF-8 bytes (no tokenizer in the folder)", encode_bytes
+def utf8_ids(text: str) -> torch.Tensor:
+    """The text's UTF-8 bytes as int64 token ids (a byte-level model's tokenizer)."""
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
 
 def check_ids(ids: torch.Tensor, vocab: int, what: str) -> None:

@@ -208,3 +208,28 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     else:
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no stage left
+
+
+def test_a_recipe_model_reads_bytes_and_exports_like_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = llama_folder(tmp_path / "llama", layers=1)
+    model = tmp_path / "model.yaml"
+    model.write_text(
+        "name: m\nmodel: {name: hf, architecture: LlamaForCausalLM, config: {hidden_size: 64, "
+        "intermediate_size: 128, num_hidden_layers: 1, num_attention_heads: 4, "
+        f"num_key_value_heads: 2, max_position_embeddings: 64}}, weights: {weights}}}\n"
+    )
+    out = tmp_path / "out"
+    assert compress(tmp_path, SPARSEGPT, "--out", str(out), "--format", "hf", model=model) == 0
+    result = report(out)
+    assert result["tokenizer"] == "UTF-8 bytes (a recipe's model)"
+    windows = held_out(tmp_path / "text.txt", 32, 3)
+    after = result["perplexity"]["after"]
+    assert loaded_perplexity(out / "hf", windows) == pytest.approx(after, rel=1e-4)
+    (tmp_path / "bad.yaml").write_text("name: m\n")
+    capsys.readouterr()
+    bad = tmp_path / "bad.yaml"
+    assert compress(tmp_path, SPARSEGPT, "--out", str(tmp_path / "o2"), model=bad) == 2
+    assert "a recipe with a model: section" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
