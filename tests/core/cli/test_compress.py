@@ -135,6 +135,15 @@ def test_without_a_calibration_file_the_stdlib_sources_are_used(tmp_path: Path) 
     assert result["export"] is None and sorted(p.name for p in out.iterdir()) == ["report.json"]
 
 
+def test_the_folders_tokenizer_is_used_and_overwrite_replaces_the_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "old").mkdir(parents=True)
+    model = tokenizer_folder(tmp_path / "model", vocab_size=320)
+    assert compress(tmp_path, SPARSEGPT, "--out", str(out), "--overwrite", model=model) == 0
+    assert report(out)["tokenizer"].startswith("the folder's tokenizer")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
 def gpt2_with_cross_attention(folder: Path) -> Path:
     """GPT-2 whose cross-attention layers run only with encoder states: never calibrated."""
     config = transformers.GPT2Config(
@@ -145,11 +154,12 @@ def gpt2_with_cross_attention(folder: Path) -> Path:
     return folder
 
 
-def tokenizer_folder(folder: Path) -> Path:
-    """A byte Llama of 200 ids whose tokenizer gives ids up to 300: a mismatch."""
+def tokenizer_folder(folder: Path, vocab_size: int = 200) -> Path:
+    """A Llama of ``vocab_size`` ids whose tokenizer maps a..z to ids 280..305 (with 200 ids:
+    a mismatch)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    llama_folder(folder, vocab=200, layers=1)
+    llama_folder(folder, vocab=vocab_size, layers=1)
     vocab = {"[UNK]": 0, **{chr(97 + i): 280 + i for i in range(26)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
