@@ -97,6 +97,7 @@ from compressor.kit.selection import (
     select_targets,
     sparsity_stats,
 )
+from compressor.kit.text import stdlib_text
 from compressor.kit.threads import torch_threads
 from compressor.kit.topk import keep_count, kth_smallest, topk_mask, topk_masks
 from compressor.kit.transformer import LayoutError, UnitGroup, transformer_units
@@ -214,6 +215,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "load_checkpoint",
     "staged",
     "require_package",
+    "stdlib_text",
     "torch_threads",
     "call_model",
     "logits_of",

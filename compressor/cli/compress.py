@@ -6,7 +6,7 @@ MODEL is a local Hugging Face folder (:mod:`compressor.engine.hf_folder`), or a 
 whose ``model:`` section builds the model (through the host, as a run would, reading UTF-8
 bytes: 256 token ids unless its config says more); the recipe needs
 only ``name`` and ``modifiers``. Calibration and held-out windows come from ``--calibration``
-(a text file) or the Python standard library's sources (:mod:`compressor.engine.lm`).
+(a text file) or a few of the Python standard library's sources (:mod:`compressor.kit.text`).
 Perplexity is measured on the held-out windows before and after; ``--out`` receives
 ``report.json`` and, with ``--format``, the model written by that exporter (the same code path
 as ``compressor export``). Everything is staged: on any error nothing is written, and every
@@ -102,8 +102,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         utf8_ids,
         vocab_size,
     )
-    from compressor.engine.lm import TextSession, perplexity, stdlib_text, token_windows
+    from compressor.engine.lm import TextSession, perplexity, token_windows
     from compressor.kit.files import atomic_write_text, staged
+    from compressor.kit.text import stdlib_text
 
     for flag, value in (
         ("--samples", args.samples),
@@ -128,14 +129,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model = load_causal_lm(args.model)
         vocab = vocab_size(model)
         tokenizer, encode = tokenizer_of(args.model, vocab)
-    needed = (args.samples + args.eval_samples) * args.seq_len
     if args.calibration:
         path = Path(args.calibration)
         if not path.is_file():
             raise InputError(f"calibration text {path} does not exist")
         text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
     else:
-        text, source = stdlib_text(needed), "the Python standard library's sources"
+        text = stdlib_text().decode("utf-8", errors="replace")
+        source = "the Python standard library's sources"
     ids = encode(text)
     check_ids(ids, vocab, tokenizer)
     calibration, held_out = token_windows(

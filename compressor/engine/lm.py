@@ -4,9 +4,7 @@ A token stream is cut into non-overlapping windows of ``length`` tokens, which a
 permutation orders; the first ``held_out`` windows measure perplexity, the next ``samples``
 calibrate, so the two never share a token. Perplexity is ``exp`` of the mean next-token
 cross-entropy over every position of the held-out windows (summed in float64, so a model
-loaded elsewhere reproduces it). Without a text file, the calibration text is the Python
-standard library's own sources (:func:`stdlib_text`): it ships with every Python, so nothing
-is downloaded.
+loaded elsewhere reproduces it).
 
 :class:`TextSession` is the :class:`Session` ``compressor compress`` compresses with: it is
 also the evaluation context its exporters are handed (perplexity as the metric).
@@ -15,9 +13,7 @@ also the evaluation context its exporters are handed (perplexity as the metric).
 from __future__ import annotations
 
 import math
-import sysconfig
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,22 +30,6 @@ from compressor.host.manager import Plugins
 from compressor.recipe.schema import Recipe
 
 PERPLEXITY = Metric("perplexity", "perplexity (held-out windows)", higher_is_better=False)
-CHARS_PER_TOKEN = 16  # stdlib text read per token asked for: far more than any tokenizer needs
-
-
-def stdlib_text(tokens: int) -> str:
-    """The ``.py`` files directly in the standard library's folder, in name order, joined,
-    until there are ``CHARS_PER_TOKEN × tokens`` characters (or the files run out)."""
-    folder = Path(sysconfig.get_paths()["stdlib"])
-    parts: list[str] = []
-    size = 0
-    for path in sorted(folder.glob("*.py")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
-        size += len(text)
-        if size >= CHARS_PER_TOKEN * tokens:
-            break
-    return "".join(parts)
 
 
 def token_windows(

@@ -30,6 +30,7 @@ from compressor.plugin_api import (
     DatasetConfig,
     DataSplits,
     hookimpl,
+    stdlib_text,
 )
 
 
@@ -192,17 +193,6 @@ class Text(DatasetBuilder):
                 f"than one block of {length}; raise test_fraction or lower block_size"
             )
         return Data(Blocks(tokens[:split], length), test, self.info(), random=False)
-
-
-# Modules of Python's standard library, in this order: text that is on every machine that runs
-# compressor, so the language-model recipes run from a fresh clone (about 0.5 MB of bytes).
-STDLIB_TEXT = ("argparse.py", "dataclasses.py", "functools.py", "pathlib.py", "typing.py")
-
-
-def stdlib_text() -> bytes:
-    """The default corpus of ``text``: the sources in :data:`STDLIB_TEXT`, concatenated."""
-    folder = Path(os.__file__).parent
-    return b"\n".join((folder / name).read_bytes() for name in STDLIB_TEXT)
 
 
 def _tokenizer(folder: str) -> Any:
