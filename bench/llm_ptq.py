@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--modes", nargs="+", choices=["block", "exact"], default=["block"])
     parser.add_argument("--no-peer", action="store_true", help="compressor only")
+    parser.add_argument("--peer-only", action="store_true", help="llm-compressor only")
     parser.add_argument("--no-depth", action="store_true", help="skip the N/2N timing")
     parser.add_argument("--calibration", type=int, default=128, help="windows")
     parser.add_argument("--held-out", type=int, default=200, help="windows")
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(windows(train_ids, args.calibration, spec.window, 0), calib)
     held_out = windows(held_ids, args.held_out, spec.window, 1)
     args.peer_python = None if args.no_peer else peer_python()
-    libraries = [("compressor", mode) for mode in args.modes]
+    libraries = [] if args.peer_only else [("compressor", mode) for mode in args.modes]
     libraries += [] if args.no_peer else [("llm-compressor", "sequential")]
 
     dense = perplexity(_load(model_dir), held_out)

@@ -78,7 +78,7 @@ def show_report(report: dict[str, Any], out_dir: Path) -> None:
     compressed = sparsity.get("compressed")
     if compressed and compressed["total"]:
         table.add_row(
-            f"sparsity (compressed tensors: {compressed['tensors']})",
+            f"sparsity (compressed tensors: {compressed['count']})",
             f"{compressed['sparsity']:.4f} ({compressed['zeros']}/{compressed['total']})",
         )
     table.add_row(

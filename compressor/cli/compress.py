@@ -93,8 +93,11 @@ def recipe_model(args: argparse.Namespace) -> tuple[nn.Module, int]:
     return model.eval(), vocab_size(model, default=BYTES)
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
-    from compressor.engine.compress import compress_session
+def model_and_windows(
+    args: argparse.Namespace,
+) -> tuple[nn.Module, int, tuple[Any, Any], str, str]:
+    """MODEL loaded, and the calibration / held-out token windows cut from the text:
+    ``(model, vocabulary size, (calibration, held_out), text source, tokenizer)``."""
     from compressor.engine.hf_folder import (
         check_ids,
         load_causal_lm,
@@ -102,24 +105,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         utf8_ids,
         vocab_size,
     )
-    from compressor.engine.lm import TextSession, perplexity, token_windows
-    from compressor.kit.files import atomic_write_text, staged
+    from compressor.engine.lm import token_windows
     from compressor.kit.text import stdlib_text
-
-    for flag, value in (
-        ("--samples", args.samples),
-        ("--seq-len", args.seq_len),
-        ("--eval-samples", args.eval_samples),
-    ):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1, not {value}")
-    recipe = read_recipe(args.recipe, args.plugins.registries, args.set)
-    if not recipe.config.modifiers:
-        raise InputError(f"{args.recipe}: the recipe has no modifiers (nothing to compress)")
-    out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
-    if out_dir.exists() and not args.overwrite:
-        raise InputError(f"{out_dir} exists: pass --overwrite to replace it")
-    exporter = build_exporter(args.plugins, args.format) if args.format else None
 
     encode: Callable[[str], torch.Tensor]
     if Path(args.model).is_file():
@@ -147,6 +134,30 @@ def cmd_compress(args: argparse.Namespace) -> int:
         args.seed,
         f"the calibration text ({source})",
     )
+    return model, vocab, (calibration, held_out), source, tokenizer
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from compressor.engine.compress import compress_session
+    from compressor.engine.lm import TextSession, perplexity
+    from compressor.kit.files import atomic_write_text, staged
+
+    for flag, value in (
+        ("--samples", args.samples),
+        ("--seq-len", args.seq_len),
+        ("--eval-samples", args.eval_samples),
+    ):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, not {value}")
+    recipe = read_recipe(args.recipe, args.plugins.registries, args.set)
+    if not recipe.config.modifiers:
+        raise InputError(f"{args.recipe}: the recipe has no modifiers (nothing to compress)")
+    out_dir = Path(args.out) if args.out else Path("runs") / recipe.name
+    if out_dir.exists() and not args.overwrite:
+        raise InputError(f"{out_dir} exists: pass --overwrite to replace it")
+    exporter = build_exporter(args.plugins, args.format) if args.format else None
+
+    model, vocab, (calibration, held_out), source, tokenizer = model_and_windows(args)
     session = TextSession(model, recipe, calibration, held_out, vocab, plugins=args.plugins)
     out.print(
         f"{recipe.name}: {args.samples} windows of {args.seq_len} tokens from {source} "

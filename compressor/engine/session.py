@@ -339,7 +339,7 @@ class Session:
             "sparsity": compressed["global"],
             "zeros": compressed["zeros"],
             "total": compressed["eligible"],
-            "tensors": len(compressed["per_layer"]),  # type: ignore[arg-type]
+            "count": len(compressed["per_layer"]),  # type: ignore[arg-type]
         }
         return stats
 

@@ -165,7 +165,7 @@ def test_report_labels_sparsity_of_compressed_tensors_and_of_all_eligible_weight
         "  - {type: oneshot, sparsity: 0.5, operator: {kind: magnitude, exclude: ['3.*']}}\n",
     )
     sparsity = json.loads((out / "report.json").read_text())["sparsity"]
-    assert sparsity["compressed"] == {"sparsity": 0.5, "zeros": 64, "total": 128, "tensors": 1}
+    assert sparsity["compressed"] == {"sparsity": 0.5, "zeros": 64, "total": 128, "count": 1}
     assert (sparsity["zeros"], sparsity["eligible"]) == (64, 176)
     printed = capsys.readouterr().out
     assert "sparsity (compressed tensors: 1)" in printed and "0.5000 (64/128)" in printed
