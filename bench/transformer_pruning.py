@@ -34,14 +34,9 @@ import torch
 from torch import nn
 
 from bench.common import result_path, write_payload
-from compressor.plugin_api import select_targets, torch_threads
+from compressor.plugin_api import max_diff, prune_transformer, select_targets, torch_threads
 from compressor_plugins.channel.transformer import Heads, Neurons
-from compressor_plugins.export.transformer import (
-    hf_config,
-    max_diff,
-    prune_transformer,
-    write_hf_folder,
-)
+from compressor_plugins.export.transformer import hf_config, write_hf_folder
 from compressor_plugins.zoo.hf import require_transformers
 
 BAR = 1.5

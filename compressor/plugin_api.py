@@ -102,6 +102,13 @@ from compressor.kit.threads import torch_threads
 from compressor.kit.topk import keep_count, kth_smallest, topk_mask, topk_masks
 from compressor.kit.transformer import LayoutError, UnitGroup, transformer_units
 from compressor.kit.two_pass import TwoPassConfig, TwoPassWrapper
+from compressor.kit.unit_removal import (
+    max_diff,
+    module_attributes,
+    prune_transformer,
+    token_probe,
+    unit_groups,
+)
 
 __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     # Registering: mark hook implementations
@@ -193,6 +200,11 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "transformer_units",
     "UnitGroup",
     "LayoutError",
+    "unit_groups",
+    "prune_transformer",
+    "module_attributes",
+    "token_probe",
+    "max_diff",
     # Storage: bitmaps, compressed-tensors' integer grid
     "pack_bits",
     "unpack_bits",

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from compressor.plugin_api import (
-    CompressorError,
     EvaluationContext,
     Exporter,
     InputError,
@@ -39,7 +38,12 @@ from compressor.plugin_api import (
     hookimpl,
     require_package,
 )
-from compressor_plugins.export.hf import hf_model, same_tensors, transformers_offline
+from compressor_plugins.export.hf import (
+    hf_model,
+    same_tensors,
+    save_verified,
+    transformers_offline,
+)
 
 FORMAT = "compressed-tensors"
 BITS = (4, 8)  # what the format's kernels serve: pack-quantized int4, int-quantized int8
@@ -174,16 +178,24 @@ def save_compressed(model: nn.Module, folder: Path) -> dict[str, Any]:
         module.weight_zero_point.data.zero_()
     compressor = ct_module("compressors").ModelCompressor(quantization_config=config)
     compressor.compress_model(work)
-    work.save_pretrained(folder, safe_serialization=True)
-    compressor.update_config(str(folder))
-    loaded = type(inner).from_pretrained(folder, local_files_only=True).eval()
-    loaded(**loaded.dummy_inputs)  # the first forward decompresses (compressed-tensors' hook)
-    differ = same_tensors(inner.state_dict(), loaded.state_dict())
-    if differ:
-        raise CompressorError(
-            f"the compressed-tensors folder does not decompress to the run's weights "
-            f"({', '.join(differ[:3])}) — nothing was written"
+
+    def decompresses(loaded: Any) -> str | None:
+        loaded.eval()(**loaded.dummy_inputs)  # the first forward decompresses (its hook)
+        differ = same_tensors(inner.state_dict(), loaded.state_dict())
+        if not differ:
+            return None
+        return (
+            "the compressed-tensors folder does not decompress to the run's weights "
+            f"({', '.join(differ[:3])})"
         )
+
+    save_verified(
+        work,
+        folder,
+        decompresses,
+        cls=type(inner),
+        after_save=lambda saved: compressor.update_config(str(saved)),
+    )
     return {"bits": bits, "group_size": group, "quantized": sorted(scales), "dense": dense}
 
 

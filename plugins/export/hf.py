@@ -29,6 +29,7 @@ from compressor.plugin_api import (
     TypeConfig,
     hookimpl,
     require_package,
+    staged,
 )
 
 FORMAT = "hf"
@@ -64,17 +65,44 @@ def same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tens
     ]
 
 
+def save_verified(
+    model: Any,
+    folder: Path,
+    verify: Callable[[Any], str | None],
+    *,
+    cls: Any = None,
+    after_save: Callable[[Path], None] | None = None,
+) -> Any:
+    """The one way an exporter writes a Hugging Face folder: ``save_pretrained`` (safetensors)
+    into a staging folder beside ``folder``, ``after_save`` (e.g. a config update), reload with
+    ``cls`` (default: the model's class, local files only) and ``verify`` it; a returned problem
+    is a :class:`CompressorError` and nothing is written, else the folder moves into place.
+    Returns the reloaded model."""
+    with staged(folder) as stage:
+        work = stage / folder.name
+        model.save_pretrained(work, safe_serialization=True)
+        if after_save is not None:
+            after_save(work)
+        reloaded = (cls or type(model)).from_pretrained(work, local_files_only=True)
+        problem = verify(reloaded)
+        if problem:
+            raise CompressorError(f"{problem} — nothing was written")
+    return reloaded
+
+
 def save_hf_folder(model: nn.Module, folder: Path) -> Path:
     """``save_pretrained`` into ``folder`` (safetensors), then verify the reload bit for bit."""
     inner = hf_model(model)
-    copy.deepcopy(inner).cpu().save_pretrained(folder, safe_serialization=True)
-    loaded = type(inner).from_pretrained(folder, local_files_only=True)
-    differ = same_tensors(inner.state_dict(), loaded.state_dict())
-    if differ:
-        raise CompressorError(
-            f"the saved folder does not reload to the run's model: {', '.join(differ[:3])} "
-            "differ — nothing was written"
+
+    def identical(loaded: Any) -> str | None:
+        differ = same_tensors(inner.state_dict(), loaded.state_dict())
+        if not differ:
+            return None
+        return (
+            f"the saved folder does not reload to the run's model: {', '.join(differ[:3])} differ"
         )
+
+    save_verified(copy.deepcopy(inner).cpu(), folder, identical)
     return folder
 
 

@@ -41,19 +41,15 @@ from compressor.plugin_api import (
     hookimpl,
     load_checkpoint,
     masked_copy,
-    serialized_bytes,
-    torch_threads,
-)
-from compressor_plugins.export.transformer import (
-    hf_config,
-    hf_folder_for,
     max_diff,
     module_attributes,
     prune_transformer,
+    serialized_bytes,
     token_probe,
+    torch_threads,
     unit_groups,
-    write_hf_folder,
 )
+from compressor_plugins.export.transformer import hf_config, hf_folder_for, write_hf_folder
 
 FORMAT = PRUNED_FORMAT
 LATENCY_REPEATS = 20  # alternating timed runs per model and batch size in the export report

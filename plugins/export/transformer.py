@@ -1,157 +1,28 @@
-"""Physical removal of pruned attention heads and feed-forward neurons (``--format pruned``).
+"""The Hugging Face folder of a transformer whose heads/neurons were removed (``--format pruned``).
 
-A unit (see :func:`compressor.plugin_api.transformer_units`) is *dead* when its producer weights
-(q/k/v rows, up/gate rows) and its consumer columns (o/down) are all exactly zero — what the
-``heads`` and ``neurons`` operators' masks give. Dead units are cut out of every tensor of their
-group (biases included), the Linear/Conv1D sizes and the attention's head counts follow, and
-the result is checked against the masked model on random token ids (max |diff| ≤ ``atol``)
-before anything is written. A layer keeps at least one unit.
-
-When every layer keeps the same number of heads and of neurons (``allocation: uniform``), the
-small model is also written as a Hugging Face folder: the config gets the new
-``intermediate_size`` (GPT-2: ``n_inner``), ``num_attention_heads``, ``num_key_value_heads`` and
-an explicit ``head_dim``; it is reloaded with ``from_pretrained`` and checked the same way.
-BERT and GPT-2 configs derive the head size from ``hidden_size / heads``, so with heads removed
-they cannot describe the model: then only the torch file is written, and the report says why.
+Removal itself is the kit's (:func:`compressor.plugin_api.prune_transformer`). When every layer
+keeps the same number of heads and of neurons (``allocation: uniform``), the small model is
+also written as a Hugging Face folder: the config gets the new ``intermediate_size`` (GPT-2:
+``n_inner``), ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``; it
+is written and reloaded by :func:`~compressor_plugins.export.hf.save_verified` (the ``hf``
+exporter's one way to write a folder) and its outputs checked against the masked model. BERT and
+GPT-2 configs derive the head size from ``hidden_size / heads``, so with heads removed they
+cannot describe the model: then only the torch file is written, and the report says why.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from compressor.plugin_api import (
-    CompressorError,
-    LayoutError,
-    UnitGroup,
-    logits_of,
-    transformer_units,
-)
+from compressor.plugin_api import UnitGroup, max_diff
+from compressor_plugins.export.hf import save_verified
 
 HF_SUFFIX = "-hf"  # the HF folder sits beside the export file: export-pruned-hf/
-
-
-def unit_groups(model: nn.Module) -> list[UnitGroup]:
-    """Head groups (when the attention layout is known) and neuron groups of ``model``."""
-    try:
-        heads = transformer_units(model, "attention")
-    except LayoutError:
-        heads = []
-    return heads + transformer_units(model, "feed_forward")
-
-
-def _units_zero(group: UnitGroup, params: Mapping[str, torch.Tensor], role: str) -> torch.Tensor:
-    zero = torch.ones(group.size, dtype=torch.bool)
-    for slot in group.slots:
-        if slot.role != role or (role == "out" and not slot.scored):
-            continue
-        values = params[slot.name].detach().movedim(slot.dim, 0)[slot.positions].cpu()
-        nonzero = (values != 0).reshape(len(slot.positions), -1).any(1)
-        zero[torch.unique(slot.channels[nonzero])] = False
-    return zero
-
-
-def dead_units(group: UnitGroup, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Boolean per unit: removable without changing the output (one unit always stays)."""
-    dead = _units_zero(group, params, "out") & _units_zero(group, params, "in")
-    if bool(dead.all()):
-        dead[0] = False
-    return dead
-
-
-def _set_sizes(module: nn.Module) -> None:
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor)
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
-    elif hasattr(module, "nf"):  # HF Conv1D: weight [in, out]
-        module.nx, module.nf = int(weight.shape[0]), int(weight.shape[1])  # type: ignore[assignment]
-
-
-def remove_units(model: nn.Module, group: UnitGroup, dead: torch.Tensor) -> int:
-    """Cut the ``dead`` units of ``group`` out of ``model`` in place; returns units kept."""
-    keep = ~dead
-    owners: set[str] = set()
-    for slot in group.slots:
-        owner, _, leaf = slot.name.rpartition(".")
-        module = model.get_submodule(owner)
-        param = module._parameters[leaf]
-        assert param is not None and len(slot.positions) == param.shape[slot.dim]
-        kept = torch.sort(slot.positions[keep[slot.channels]]).values.to(param.device)
-        module._parameters[leaf] = nn.Parameter(
-            param.detach().index_select(slot.dim, kept).contiguous(),
-            requires_grad=param.requires_grad,
-        )
-        owners.add(owner)
-    for owner in owners:
-        _set_sizes(model.get_submodule(owner))
-    count = int(keep.sum())
-    if group.kind == "attention":
-        for attr, value in head_attributes(group, count).items():
-            owner, _, leaf = attr.rpartition(".")
-            setattr(model.get_submodule(owner), leaf, value)
-    return count
-
-
-def head_attributes(group: UnitGroup, kept: int) -> dict[str, int]:
-    """The attention attributes (module.attr -> value) that follow the kept head count."""
-    width = kept * group.group * group.head_dim
-    if group.family == "bert":
-        prefix = f"{group.module}.self"
-        return {f"{prefix}.num_attention_heads": kept, f"{prefix}.all_head_size": width}
-    if group.family == "gpt2":
-        return {f"{group.module}.num_heads": kept, f"{group.module}.split_size": width}
-    return {}  # Llama-style: sizes come from the projections; the group ratio is unchanged
-
-
-def module_attributes(model: nn.Module, groups: list[UnitGroup]) -> dict[str, dict[str, int]]:
-    """Sizes to restore when rebuilding: Conv1D ``nf``/``nx`` and the attention attributes."""
-    sizes: dict[str, dict[str, int]] = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "nf") and hasattr(module, "nx"):
-            sizes[name] = {"nf": int(module.nf), "nx": int(module.nx)}
-    for group in groups:
-        if group.kind == "attention":
-            for attr in head_attributes(group, 1):
-                owner, _, leaf = attr.rpartition(".")
-                value = getattr(model.get_submodule(owner), leaf)
-                sizes.setdefault(owner, {})[leaf] = int(value)
-    return sizes
-
-
-def token_probe(model: nn.Module, length: int, batch: int = 2) -> torch.Tensor:
-    """Random token ids for verification (seeded: the same probe every time)."""
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch, length), generator=generator)
-
-
-def max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((logits_of(a(x)) - logits_of(b(x))).abs().max())
-
-
-def prune_transformer(masked: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``masked`` (masks already applied) with its dead units removed, and what was
-    kept: ``{"heads": {module: kept}, "neurons": {...}, "groups": [...]}``."""
-    small = copy.deepcopy(masked).eval()
-    groups = unit_groups(small)
-    if not groups:
-        raise CompressorError("no attention heads or feed-forward neurons found to remove")
-    params = dict(small.named_parameters())
-    plan = [(group, dead_units(group, params)) for group in groups]
-    kept: dict[str, dict[str, int]] = {"heads": {}, "neurons": {}}
-    for group, dead in plan:
-        count = remove_units(small, group, dead)
-        kept["heads" if group.kind == "attention" else "neurons"][group.module] = count
-    return small, {"kept": kept, "groups": groups}
 
 
 def hf_config(model: nn.Module, groups: list[UnitGroup], kept: dict[str, dict[str, int]]) -> Any:
@@ -218,8 +89,8 @@ def write_hf_folder(
     probe: torch.Tensor,
     atol: float,
 ) -> float:
-    """Save ``small`` with ``config`` as an HF folder, reload it, check it; atomic (a failed
-    check leaves nothing). Returns the reloaded model's max |diff| to ``masked``."""
+    """Save ``small`` with ``config`` as an HF folder, reload it, check it against ``masked``
+    on ``probe`` (atomic: a failed check leaves nothing). Returns the reloaded max |diff|."""
     cls = hf_class(small, config)
     if cls is type(small):
         model = copy.deepcopy(small)
@@ -227,23 +98,16 @@ def write_hf_folder(
     else:
         model = cls(config)
         model.load_state_dict(small.state_dict())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        model.save_pretrained(staging)
-        reloaded = cls.from_pretrained(staging).eval()
-        diff = max_diff(reloaded, masked, probe)
-        if not diff <= atol:
-            raise CompressorError(
-                f"the Hugging Face folder's model differs from the masked model by {diff:.3g}"
-            )
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return diff
+    diffs: list[float] = []
+
+    def check(reloaded: nn.Module) -> str | None:
+        diffs.append(max_diff(reloaded.eval(), masked, probe))
+        if diffs[-1] <= atol:
+            return None
+        return f"the Hugging Face folder's model differs from the masked model by {diffs[-1]:.3g}"
+
+    save_verified(model, folder, check, cls=cls)
+    return diffs[-1]
 
 
 def hf_folder_for(path: Path) -> Path:

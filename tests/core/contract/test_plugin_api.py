@@ -24,10 +24,12 @@ MODULE_KINDS = {"linear", "conv", "embedding"}  # selection's module kinds, not 
 # The one built-in type the core names: the default operator of the built-ins' configs
 # (kit/defaults.py), kept in the kit so every family agrees on it; it is validated like any
 # other spec, so the core still runs without the plugin that provides it. "pruned" in the
-# channel removal toolkit is a report key (dense vs pruned sizes), not the exporter's name.
+# channel removal toolkit is a report key (dense vs pruned sizes), not the exporter's name;
+# "heads"/"neurons" in the unit removal toolkit are the keys of what each layer kept.
 NAMED_ON_PURPOSE = {
     "compressor/kit/defaults.py": ["magnitude"],
     "compressor/kit/channel_removal.py": ["pruned"],
+    "compressor/kit/unit_removal.py": ["heads", "neurons"],
 }
 
 

@@ -15,11 +15,17 @@ import torch
 from torch import nn
 
 from compressor import load_host
-from compressor.plugin_api import ConfigError, select_targets, transformer_units
+from compressor.plugin_api import (
+    ConfigError,
+    max_diff,
+    prune_transformer,
+    select_targets,
+    transformer_units,
+)
 from compressor.train.restore import restore_run
 from compressor_plugins.channel.transformer import Heads, Neurons
 from compressor_plugins.export.pruned import load_pruned
-from compressor_plugins.export.transformer import hf_config, max_diff, prune_transformer
+from compressor_plugins.export.transformer import hf_config
 from tests.e2e.test_recipes import write_corpus
 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra (transformers)")
