@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
 from compressor import Session
 from compressor.host.manager import Plugins
-from compressor.plugin_api import DataInfo, DataSplits
-from compressor_plugins.evaluate.realised import Realised
+from compressor.plugin_api import DataInfo, DataSplits, call_model
+from compressor_plugins.evaluate.realised import Realised, forward_flops
+from compressor_plugins.zoo.files import stdlib_text
 from compressor_plugins.zoo.models import MNIST1DCNN
 from tests.conftest import make_recipe
+from tests.support import ROOT
 from tests.support.context import run_context
 
 RECIPE = """\
@@ -87,3 +96,72 @@ def test_trained_model_is_not_modified(plugins: Plugins) -> None:
     Realised(Realised.Config(batch_sizes=[1], repeats=2)).run(run_context(session, data), model)
     assert all(torch.equal(masked[k], v) for k, v in model.state_dict().items())
     assert before.keys() == masked.keys()
+
+
+TINY_LLAMA = (
+    "model.config={num_hidden_layers: 2, hidden_size: 64, intermediate_size: 96, "
+    "num_attention_heads: 4, num_key_value_heads: 4}"
+)
+
+
+def test_flops_count_linear_layers_and_cpu_attention() -> None:
+    transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
+    config = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    x = torch.randint(0, 256, (3, 32))
+    linear = 2 * 3 * 32 * (2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96) + 64 * 256)
+    attention = 2 * (2 * 3 * 4 * 32 * 32 * (16 + 16))  # every query head, per layer
+    assert forward_flops(model, x, call_model) == linear + attention
+
+
+def test_the_structured_study_shows_realised_sizes_beside_unstructured(tmp_path: Path) -> None:
+    """The shipped study (dense, heads+neurons, GMP) on a tiny Llama and budget: the exported
+    structured model is smaller by exactly the removed units; the unstructured one is not."""
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    study = ROOT / "recipes" / "studies" / "llama-tiny-structured.yaml"
+    text = tmp_path / "text.txt"  # the default corpus's first 6 kB: ten steps an epoch
+    text.write_bytes(stdlib_text()[:6000])
+    sets = [TINY_LLAMA, f"data.path={text}", "data.block_size=32", "train.epochs=3",
+            "evaluate.realised.repeats=2"]  # fmt: skip
+    command = [sys.executable, "-m", "compressor.cli", "compare", str(study), "--out",
+               str(tmp_path / "study"), "--quiet"] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    header = (tmp_path / "study" / "report.csv").read_text().splitlines()[0].split(",")
+    assert header[2:13] == ["trained perplexity", "sparsity", "params k", "MFLOPs b1",
+                            "export KB", "ms b1", "×b1", "ms b16", "×b16", "step ×dense",
+                            "wall s"]  # fmt: skip
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    metrics = {
+        m["label"]: {k: v["mean"] for k, v in m["metrics"].items()} for m in report["methods"]
+    }
+    # dense: 2·256·64 embeddings/head + 2 layers × (4·64·64 + 3·64·96 + 2·64) + 64
+    assert metrics["dense"]["realised:params_k"] == metrics["GMP same count"]["realised:params_k"]
+    assert metrics["dense"]["realised:params_k"] == pytest.approx(102.720)
+    # 3 of 4 heads of 16, 48 of 96 neurons kept
+    assert metrics["heads+neurons"]["realised:params_k"] == pytest.approx(
+        (2 * 256 * 64 + 2 * (4 * 64 * 48 + 3 * 64 * 48 + 2 * 64) + 64) / 1e3
+    )
+    linear = 2 * 32 * (2 * (4 * 64 * 48 + 3 * 64 * 48) + 64 * 256)
+    attention = 2 * (2 * 3 * 32 * 32 * 32)
+    assert metrics["heads+neurons"]["realised:mflops"] == pytest.approx((linear + attention) / 1e6)
+    assert metrics["GMP same count"]["sparsity"] > metrics["heads+neurons"]["sparsity"] > 0.3
+    run = json.loads(
+        (tmp_path / "study" / "runs" / "heads-neurons-seed0" / "report.json").read_text()
+    )
+    details = run["evaluations"]["realised"]["details"]
+    assert details["physically_smaller"] and details["max_abs_diff"] <= 1e-5
+    assert set(details["kept"]["heads"].values()) == {3}
+    gmp = json.loads(
+        (tmp_path / "study" / "runs" / "GMP-same-count-seed0" / "report.json").read_text()
+    )
+    assert gmp["evaluations"]["realised"]["details"]["physically_smaller"] is False
