@@ -10,7 +10,7 @@ dead units out and write the Hugging Face folder, which plain ``transformers`` l
 (max |diff| ≤ 1e-5) and its parameter count equals the one computed from the shapes.
 
 Latency: 16 sequences × 128 tokens, torch on one thread, dense and pruned timed alternately
-(A, B, A, B, ...) after a warm-up; CPU time per forward (``time.process_time``: other processes
+(A, B, B, A, ...: ``interleaved_samples``) after a warm-up; CPU time per forward (``time.process_time``: other processes
 on a shared host do not inflate it), medians with min–max; the speed-up is the ratio of
 medians. The bar: ≥ 1.5×. Run it niced on a shared machine::
 
@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from bench.common import result_path, write_payload
+from compressor.kit.latency import interleaved_samples
 from compressor.plugin_api import max_diff, prune_transformer, select_targets, torch_threads
 from compressor_plugins.channel.transformer import Heads, Neurons
 from compressor_plugins.export.transformer import hf_config, write_hf_folder
@@ -82,23 +83,6 @@ def expected_params(layers: int, hidden: int, heads: int, intermediate: int) -> 
     return 2 * 256 * hidden + layers * per_layer + hidden  # embeddings, lm_head, final norm
 
 
-def cpu_times(
-    models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds of CPU time per forward, models timed alternately."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.process_time()
-                model(x)
-                times[name].append(time.process_time() - start)
-    return times
-
-
 def run(smoke: bool, repeats: int, intermediate: int) -> dict[str, Any]:
     layers, hidden, heads = (2, 64, 4) if smoke else (4, 256, 4)
     intermediate = 96 if smoke else intermediate
@@ -121,12 +105,13 @@ def run(smoke: bool, repeats: int, intermediate: int) -> dict[str, Any]:
     params = sum(p.numel() for p in loaded.parameters())
     computed = expected_params(layers, hidden, heads, intermediate)
     with torch_threads(1):
-        times = cpu_times({"dense": dense, "pruned": loaded}, x, repeats)
+        calls = {"dense": partial(dense, x), "pruned": partial(loaded, x)}
+        times = interleaved_samples(calls, repeats=repeats)
     latency = {
         name: {
-            "median_ms": 1e3 * statistics.median(t),
-            "min_ms": 1e3 * min(t),
-            "max_ms": 1e3 * max(t),
+            "median_ms": statistics.median(t["cpu_ms"]),
+            "min_ms": min(t["cpu_ms"]),
+            "max_ms": max(t["cpu_ms"]),
         }
         for name, t in times.items()
     }
