@@ -14,9 +14,8 @@ from torch import nn
 
 from compressor import Session
 from compressor.host.manager import Plugins
-from compressor.plugin_api import DataInfo, DataSplits, call_model
+from compressor.plugin_api import DataInfo, DataSplits, call_model, stdlib_text
 from compressor_plugins.evaluate.realised import Realised, forward_flops
-from compressor_plugins.zoo.files import stdlib_text
 from compressor_plugins.zoo.models import MNIST1DCNN
 from tests.conftest import make_recipe
 from tests.support import ROOT
