@@ -301,3 +301,55 @@ def test_llm_ptq_smoke_compresses_the_pretrained_model_with_every_method(tmp_pat
         ("compressor", "block"),
         ("compressor", "exact"),
     }
+
+
+def test_llm_cram_smoke_fine_tunes_alike_then_one_shots_every_model(tmp_path: Path) -> None:
+    """Every fine-tune starts from the same model on the same first batch (equal first loss),
+    then differs; each is one-shot compressed at the asked sparsity; margins are CrAM+'s best
+    one-shot minus SparseGPT after AdamW."""
+    pytest.importorskip("transformers")
+    output = tmp_path / "llm_cram-smoke.json"
+    env = {**os.environ, "COMPRESSOR_BENCH_CACHE": str(tmp_path / "cache")}
+    stdout = run_smoke("llm_cram", "--output", str(output), env=env)
+    assert "| fine-tune | dense | magnitude 50% |" in stdout
+    data = json.loads(output.read_text())
+    rows = {row["finetune"]: row for row in data["results"]}
+    assert list(rows) == ["adamw", "cram+ {50,70}%", "cram+ 2:4"]
+    first = {row["losses"][0] for row in rows.values()}
+    last = {row["losses"][-1] for row in rows.values()}
+    assert len(first) == 1 and len(last) == 3
+    for row in rows.values():
+        assert len(row["losses"]) == 3
+        for column, sparsity in row["sparsity"].items():
+            assert sparsity == pytest.approx(0.7 if "70%" in column else 0.5, abs=5e-3)
+            assert 1.0 < row["oneshot"][column] < 1e4
+    base = rows["adamw"]["oneshot"]
+    for name in ("cram+ {50,70}%", "cram+ 2:4"):
+        for target in ("50%", "70%", "2:4"):
+            best = min(
+                rows[name]["oneshot"][f"{m} {target}"] for m in ("magnitude", "wanda", "sparsegpt")
+            )
+            assert data["margins"][name][target] == best - base[f"sparsegpt {target}"]
+
+
+def test_llm_cram_merge_joins_side_by_side_runs(tmp_path: Path) -> None:
+    """Fine-tunes run as separate processes join into one table, in the fixed row order."""
+    from bench import llm_cram
+
+    columns = [f"{m} {t}" for m in llm_cram.ONESHOTS for t in llm_cram.TARGETS]
+
+    def part(name: str, value: float) -> Path:
+        row = {"finetune": name, "dense": value, "oneshot": dict.fromkeys(columns, value)}
+        path = tmp_path / f"{value}.json"
+        path.write_text(json.dumps({"machine": {}, "settings": {}, "results": [row]}))
+        return path
+
+    files = [part("cram+ 2:4", 4.0), part("adamw", 3.0), part("cram+ {50,70}%", 2.5)]
+    output = tmp_path / "merged.json"
+    assert llm_cram.main(["--merge", *map(str, files), "--output", str(output)]) == 0
+    data = json.loads(output.read_text())
+    assert [row["finetune"] for row in data["results"]] == ["adamw", "cram+ {50,70}%", "cram+ 2:4"]
+    assert data["margins"] == {
+        "cram+ {50,70}%": {"50%": -0.5, "70%": -0.5, "2:4": -0.5},
+        "cram+ 2:4": {"50%": 1.0, "70%": 1.0, "2:4": 1.0},
+    }
