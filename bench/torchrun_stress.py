@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 if result["code"] != 0:
                     tails.append({"launch": i, "code": result["code"], "tail": result["tail"]})
                 print(f"{kind} {i + 1}/{launches}: exit {result['code']}", flush=True)
+                if result["code"] != 0:
+                    print(result["tail"][-800:], flush=True)
             rows[kind] = {"launches": launches, "nonzero": failed, "aborts": aborted,
                           "failures": tails}  # fmt: skip
     print(f"\n{'kind':<10}{'launches':>10}{'non-zero':>10}{'aborts':>10}")
