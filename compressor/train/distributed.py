@@ -12,6 +12,7 @@ differ). Only rank 0 evaluates and writes checkpoints, reports and studies.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Iterator, Mapping
@@ -62,8 +63,25 @@ def process_group(world: World, device: str) -> Iterator[None]:
     dist.init_process_group(backend, rank=world.rank, world_size=world.size)
     try:
         yield
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # a failed rank cannot wait for the others
+        raise
+    leave()
+
+
+def leave() -> None:
+    """Leave the process group in step with the other ranks, while the interpreter is whole.
+
+    Rank 0 evaluates and writes the report after the others finish training; a rank that left
+    then was tearing down (its gloo threads still holding the last collective's tensors, kept
+    alive because DDP holds the group) while its peer still talked to it, and at interpreter
+    exit those threads could need the GIL of a finalising interpreter: ``terminate called
+    without an active exception`` (issue 25). So every rank waits for all (the last collective
+    is a barrier, which holds no tensors), frees what still refers to the group (the DDP
+    wrapper, its reducer, pending work) and only then destroys it."""
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def device_for(world: World, device: str) -> str:

@@ -220,7 +220,20 @@ RANDOM = {"random_resized_crop", "random_crop", "hflip", "color_jitter"}
 """Transforms that draw random numbers: a dataset with one is loaded under per-sample seeds."""
 
 
-def build_transform(items: list[str | dict[str, Any]], image_size: int) -> Callable[[Any], Any]:
+def normalize_values(
+    args: NormalizeArgs, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``normalize``'s mean and std for images of ``channels`` channels: a named set's three
+    values averaged into one for grayscale images."""
+    mean, std = args.values()
+    if channels == 1 and args.stats is not None:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean, std
+
+
+def build_transform(
+    items: list[str | dict[str, Any]], image_size: int, channels: int = 3
+) -> Callable[[Any], Any]:
     """A torchvision ``Compose`` of the named transforms, ToTensor before ``normalize``."""
     T = torchvision_module("transforms").transforms
     steps: list[Any] = []
@@ -233,7 +246,7 @@ def build_transform(items: list[str | dict[str, Any]], image_size: int) -> Calla
                 steps.append(T.ToTensor())
                 tensor = True
             assert isinstance(args, NormalizeArgs)
-            mean, std = args.values()
+            mean, std = normalize_values(args, channels)
             steps.append(T.Normalize(list(mean), list(std)))
         elif name == "random_resized_crop":
             assert isinstance(args, ResizedCropArgs)
@@ -286,7 +299,7 @@ class VisionDataset(DatasetBuilder):
     presets: ClassVar[dict[str, Callable[[int], list[str | dict[str, Any]]]]] = {}
 
     def transform(self, which: str) -> Callable[[Any], Any]:
-        return build_transform(self.transform_items(which), self.config.image_size)
+        return build_transform(self.transform_items(which), self.config.image_size, self.channels())
 
     def transform_items(self, which: str) -> list[str | dict[str, Any]]:
         spec = getattr(self.config, f"{which}_transforms")
@@ -297,7 +310,11 @@ class VisionDataset(DatasetBuilder):
 
     def info(self) -> DataInfo:
         size = self.config.image_size
-        return DataInfo((3, size, size), self.num_classes())
+        return DataInfo((self.channels(), size, size), self.num_classes())
+
+    def channels(self) -> int:
+        """Channels of the images the model sees (3: RGB)."""
+        return 3
 
     def num_classes(self) -> int:
         raise NotImplementedError
@@ -331,6 +348,20 @@ def imagenet_test(size: int) -> list[str | dict[str, Any]]:
     ]
 
 
+class ImageLoader:
+    """Opens an image file as ``mode`` (``"RGB"`` or ``"L"``, grayscale); a class, not a
+    closure, so loader workers can pickle it."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Any:
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            return Image.open(f).convert(self.mode)
+
+
 class ImageFolderDataset(VisionDataset):
     """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (or explicit ``train:`` and
     ``val:`` folders) through torchvision's ImageFolder. Shapes and sizes come from listing the
@@ -341,11 +372,23 @@ class ImageFolderDataset(VisionDataset):
         root: Path | None = Field(None, description="a folder holding train/ and val/")
         train: Path | None = Field(None, description="training folder (relative: under root)")
         val: Path | None = Field(None, description="test folder (relative: under root)")
+        channels: Literal[1, 3] = Field(
+            3, description="3: every image read as RGB (gray ones repeated); 1: as grayscale"
+        )
 
         @model_validator(mode="after")
         def _folders(self) -> Any:
             if self.root is None and (self.train is None or self.val is None):
                 raise ValueError("give root: (a folder with train/ and val/) or train: and val:")
+            for spec in (self.train_transforms, self.test_transforms):
+                for item in [] if isinstance(spec, str) else spec:
+                    args = parse_transform(item)[1]
+                    given = args.mean if isinstance(args, NormalizeArgs) else None
+                    if given is not None and len(given) != self.channels:
+                        raise ValueError(
+                            f"normalize gives {len(given)} values per channel for images "
+                            f"of {self.channels} channel(s) (channels: {self.channels})"
+                        )
             return self
 
     presets = {"train": imagenet_train, "test": imagenet_test}
@@ -353,6 +396,9 @@ class ImageFolderDataset(VisionDataset):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._scanned: dict[str, Any] = {}
+
+    def channels(self) -> int:
+        return int(self.config.channels)
 
     def folder(self, which: str) -> Path:
         c = self.config
@@ -373,7 +419,8 @@ class ImageFolderDataset(VisionDataset):
                     "set data.root to a folder with train/ and val/, or data.train and data.val)"
                 )
             try:
-                self._scanned[which] = tv.datasets.ImageFolder(os.fspath(path))
+                loader = ImageLoader("L" if self.channels() == 1 else "RGB")
+                self._scanned[which] = tv.datasets.ImageFolder(os.fspath(path), loader=loader)
             except (FileNotFoundError, OSError) as exc:
                 raise CompressorError(f"imagefolder: {exc}") from None
         return self._scanned[which]

@@ -21,9 +21,10 @@ def torchvision_missing() -> str | None:
 
 
 def write_imagefolder(
-    root: Path, classes: int = 3, train: int = 12, val: int = 4, size: int = 40
+    root: Path, classes: int = 3, train: int = 12, val: int = 4, size: int = 40, gray: bool = False
 ) -> Path:
-    """``root/{train,val}/class<k>/<i>.png``: noisy images whose mean colour is the class."""
+    """``root/{train,val}/class<k>/<i>.png``: noisy images whose mean colour is the class
+    (``gray``: saved as one-channel grayscale PNGs)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -36,6 +37,8 @@ def write_imagefolder(
             for i in range(count):
                 pixels = colour + rng.normal(0, 40, (size, size, 3))
                 image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+                if gray:
+                    image = image.convert("L")
                 image.save(folder / f"{i}.png")
     return root
 

@@ -360,3 +360,41 @@ def test_only_random_transforms_make_the_loop_seed_each_sample(
         "train_transforms: [resize, center_crop, {normalize: imagenet}]}",
     )
     assert fixed.build().random is False
+
+
+@needs_torchvision
+def test_grayscale_folders_are_read_as_one_channel_with_channels_1(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    import torchvision.transforms as T
+
+    gray = write_imagefolder(tmp_path / "gray", gray=True)
+    as_rgb = dataset(plugins, f"{{name: imagefolder, root: '{gray}', image_size: 32}}")
+    assert as_rgb.info().input_shape == (3, 32, 32)  # the default: gray repeated over RGB
+    image = as_rgb.build().test[0][0]
+    assert image.shape == (3, 32, 32)
+    unnormalised = image * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    unnormalised += torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    torch.testing.assert_close(unnormalised[0], unnormalised[1], rtol=0, atol=1e-6)
+    data = dataset(plugins, f"{{name: imagefolder, root: '{gray}', image_size: 32, channels: 1}}")
+    assert data.info().input_shape == (1, 32, 32)
+    built = data.build()
+    assert built.train[0][0].shape == (1, 32, 32) and built.test[0][0].shape == (1, 32, 32)
+    (normalize,) = [t for t in built.test.transform.transforms if isinstance(t, T.Normalize)]
+    # imagenet's statistics averaged over the three channels
+    assert normalize.mean == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+    assert normalize.std == [pytest.approx((0.229 + 0.224 + 0.225) / 3)]
+
+
+def test_normalize_must_give_one_value_per_channel(plugins: Plugins) -> None:
+    """Checked when the recipe loads (no torchvision needed)."""
+    text = recipe_text(
+        "{name: imagefolder, root: x, channels: 1,\n"
+        "  test_transforms: [{normalize: {mean: [0.5, 0.5, 0.5], std: [0.2, 0.2, 0.2]}}]}"
+    )
+    with pytest.raises(RecipeError, match=r"normalize gives 3 values per channel for images of 1"):
+        make_recipe(text, plugins)
+    with pytest.raises(RecipeError, match="channels"):
+        make_recipe(recipe_text("{name: imagefolder, root: x, channels: 2}"), plugins)
+    one = "{name: imagefolder, root: x, channels: 1, test_transforms: [{normalize: {mean: [0.5], std: [0.2]}}]}"
+    assert make_recipe(recipe_text(one), plugins).config.data.channels == 1
