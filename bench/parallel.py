@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import result_path, write_payload  # noqa: E402
 
 STUDY = ROOT / "recipes" / "studies" / "mnist1d.yaml"
-TIMED = ("time", "latency", "speedup", "_ms")
+TIMED = ("time", "latency", "speedup", "_ms", ":ms_")
 SMOKE_SET = [
     "data.samples=200",
     "model.width=8",
@@ -98,14 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         serial_runs, serial_values = stores[threads]
         same_runs = serial_runs == parallel_runs and set(serial_runs.values()) == {"done"}
         same_metrics = serial_values.keys() == parallel_values.keys()
-        largest = max(
-            (
-                abs(value - parallel_values[k])
-                for k, value in serial_values.items()
-                if k in parallel_values
-            ),
-            default=0.0,
-        )
+        differences = {
+            f"{key}: {name}": abs(value - parallel_values[(key, name)])
+            for (key, name), value in serial_values.items()
+            if (key, name) in parallel_values
+        }
+        largest = max(differences.values(), default=0.0)
+        differing = sorted(name for name, diff in differences.items() if diff > 0)
         baselines.append(
             {
                 "serial_threads": threads or "torch default",
@@ -115,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "same_runs": same_runs,
                 "same_metric_names": same_metrics,
                 "largest_metric_difference": largest,
+                "differing_metrics": differing,
             }
         )
         print(
