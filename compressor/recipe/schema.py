@@ -105,8 +105,12 @@ class Recipe:
         return dict(self.config.model_dump(mode="json"))
 
     def identity(self) -> dict[str, Any]:
-        """The validated recipe without its outcome-neutral sections (``log:``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in OUTCOME_NEUTRAL}
+        """The validated recipe without its outcome-neutral sections (``log:``) and without the
+        evaluators it leaves unset, so installing one more evaluator plugin changes no hash."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in OUTCOME_NEUTRAL}
+        if isinstance(identity.get("evaluate"), dict):
+            identity["evaluate"] = {k: v for k, v in identity["evaluate"].items() if v is not None}
+        return identity
 
     def hash(self) -> str:
         """sha256 of the validated recipe (defaults filled in) without ``log:``: equal hashes,
