@@ -3,13 +3,15 @@ checks, and the operator behaviour that follows from it (:class:`PatternPruner`)
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from compressor.plugin_api import CompressionContext, Target
-from compressor_plugins.posttrain.calibration import DataAwareOperator
+from compressor.plugin_api import CompressionContext, OperatorConfig, Target
+from compressor_plugins.posttrain.calibration import CalibrationConfig, DataAwareOperator
+from compressor_plugins.posttrain.owl import OwlConfig
 
 __all__ = ["PatternPruner", "check_nm", "check_scope", "nm_label"]
 
@@ -33,6 +35,36 @@ def check_scope(nm: tuple[int, int] | None, scope: str) -> None:
     """An N:M pattern fixes every layer's sparsity: a global allocation cannot apply."""
     if nm is not None and scope in ("global", "owl"):
         raise ValueError(f"scope: {scope} allocates unstructured sparsity; drop it for nm")
+
+
+class PatternConfig(OperatorConfig):
+    """The settings Wanda and SparseGPT share: the pattern, the allocation and the data."""
+
+    nm: tuple[int, int] | None = Field(
+        None, description="[N, M]: keep N of every M consecutive inputs instead"
+    )
+    scope: Literal["layer", "global", "owl"] = Field(
+        "layer",
+        description="each layer at the target sparsity (layer), per-layer targets from "
+        "one global magnitude threshold (global), or per block from its outliers (owl)",
+    )
+    owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
+    partial_groups: Literal["skip", "error"] = Field(
+        "skip",
+        description="layers whose inputs are not a multiple of M: dense, with a warning "
+        "(skip), or a config error naming them (error)",
+    )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+
+    @field_validator("nm")
+    @classmethod
+    def _nm(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        return check_nm(value)
+
+    @model_validator(mode="after")
+    def _scope(self) -> PatternConfig:
+        check_scope(self.nm, self.scope)
+        return self
 
 
 class PatternPruner(DataAwareOperator):

@@ -31,16 +31,14 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from compressor.plugin_api import OperatorConfig, Target, hookimpl, keep_count, topk_mask
+from compressor.plugin_api import Target, hookimpl, keep_count, topk_mask
 from compressor_plugins.posttrain.calibration import (
-    CalibrationConfig,
     LayerStatistics,
 )
 from compressor_plugins.posttrain.obs import inverse_hessian_factor, obs_sweep
-from compressor_plugins.posttrain.owl import OwlConfig
-from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
+from compressor_plugins.posttrain.patterns import PatternConfig, PatternPruner
 from compressor_plugins.posttrain.wanda import group_keep
 
 __all__ = ["BlockMask", "GroupMask", "SparseGPT", "sparsegpt_layer"]
@@ -116,34 +114,13 @@ def sparsegpt_layer(
 class SparseGPT(PatternPruner):
     """``{kind: sparsegpt}`` (unstructured) or ``{kind: sparsegpt, nm: [2, 4]}``."""
 
-    class Config(OperatorConfig):
+    class Config(PatternConfig):
         kind: Literal["sparsegpt"]
-        nm: tuple[int, int] | None = Field(
-            None, description="[N, M]: keep N of every M consecutive inputs instead"
-        )
-        scope: Literal["layer", "global", "owl"] = Field(
-            "layer",
-            description="each layer at the target sparsity (layer), per-layer targets from "
-            "one global magnitude threshold (global), or per block from its outliers (owl)",
-        )
-        owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
-        partial_groups: Literal["skip", "error"] = Field(
-            "skip",
-            description="layers whose inputs are not a multiple of M: dense, with a warning "
-            "(skip), or a config error naming them (error)",
-        )
         block_size: int = Field(128, gt=0, description="columns per lazy-update block (B)")
         damp: float = Field(0.01, gt=0, description="λ = damp · mean(diag H)")
-        calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-
-        @field_validator("nm")
-        @classmethod
-        def _nm(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-            return check_nm(value)
 
         @model_validator(mode="after")
         def _blocks_hold_groups(self) -> SparseGPT.Config:
-            check_scope(self.nm, self.scope)
             if self.nm is not None and self.block_size % self.nm[1]:
                 raise ValueError(
                     f"block_size {self.block_size} must be a multiple of the group size "

@@ -22,20 +22,16 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
 
 from compressor.plugin_api import (
-    OperatorConfig,
     Target,
     hookimpl,
     keep_count,
 )
 from compressor_plugins.posttrain.calibration import (
-    CalibrationConfig,
     LayerStatistics,
 )
-from compressor_plugins.posttrain.owl import OwlConfig
-from compressor_plugins.posttrain.patterns import PatternPruner, check_nm, check_scope
+from compressor_plugins.posttrain.patterns import PatternConfig, PatternPruner
 
 __all__ = ["Wanda", "group_keep", "row_keep"]
 
@@ -59,33 +55,8 @@ def group_keep(scores: torch.Tensor, keep: int, group: int) -> torch.Tensor:
 class Wanda(PatternPruner):
     """``{kind: wanda}`` (unstructured, per output row) or ``{kind: wanda, nm: [2, 4]}``."""
 
-    class Config(OperatorConfig):
+    class Config(PatternConfig):
         kind: Literal["wanda"]
-        nm: tuple[int, int] | None = Field(
-            None, description="[N, M]: keep N of every M consecutive inputs instead"
-        )
-        scope: Literal["layer", "global", "owl"] = Field(
-            "layer",
-            description="each layer at the target sparsity (layer), per-layer targets from "
-            "one global magnitude threshold (global), or per block from its outliers (owl)",
-        )
-        owl: OwlConfig = Field(default_factory=OwlConfig, description="M and λ of scope: owl")
-        partial_groups: Literal["skip", "error"] = Field(
-            "skip",
-            description="layers whose inputs are not a multiple of M: dense, with a warning "
-            "(skip), or a config error naming them (error)",
-        )
-        calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-
-        @field_validator("nm")
-        @classmethod
-        def _nm(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-            return check_nm(value)
-
-        @model_validator(mode="after")
-        def _scope(self) -> Wanda.Config:
-            check_scope(self.nm, self.scope)
-            return self
 
     STATISTIC = "norms"
 
