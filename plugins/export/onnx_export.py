@@ -9,9 +9,11 @@ graph, not only in the masks.
 ``int8=True`` writes a static W8A8 model in QDQ form: onnxruntime's ``quantize_static`` rewrites
 the graph (weights per output channel, int8; activations uint8) with activation ranges
 calibrated on the recipe's calibration data — the fixed subset the one-shot evaluator re-
-calibrates BN on. Every file is checked before it is moved into place: ONNX Runtime against the
-torch model on a calibration batch (fp32: max |Δ| / max |logit| ≤ ``rtol``; int8: top-1
-agreement and max |Δ|), and the figures are written next to it as ``<stem>.json``.
+calibrates BN on. The stem and the output layer stay in float, as is usual, unless
+``float_ends=False`` (:func:`float_end_nodes`). Every file is checked before it is moved into
+place: ONNX Runtime against the torch model on a calibration batch (fp32: max |Δ| / max |logit|
+≤ ``rtol``; int8: top-1 agreement and max |Δ|), and the figures are written next to it as
+``<stem>.json``.
 """
 
 from __future__ import annotations
@@ -246,11 +248,35 @@ def against_torch(ort_session: Any, model: nn.Module, inputs: Any) -> dict[str, 
     }
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Iterable[Any]) -> None:
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def float_end_nodes(fp32: Path) -> list[str]:
+    """The stem (the first weighted node, when the model reads float features such as images or
+    signals: K = 9·3 for an RGB conv, too narrow for integer kernels to pay) and the output
+    layer (the last weighted node: the classifier or LM head), the two layers conventionally
+    left in float. At batch 1 their quantize/dequantize nodes cost more than their int8 kernels
+    save: ResNet-20 ran 2.15x the fp32 graph with them in float against 1.95x fully int8
+    (BENCHMARKS.md D). Token models' first layer reads embeddings, not the input: quantized."""
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    reads_features = any(i.type.tensor_type.elem_type in floats for i in graph.input)
+    weighted = [n.name for n in graph.node if n.op_type in WEIGHTED_OPS]
+    ends = weighted[:1] if reads_features else []
+    return list(dict.fromkeys(ends + weighted[-1:]))
+
+
+def quantize_int8(
+    fp32: Path, out: Path, calibration: Iterable[Any], *, float_ends: bool = True
+) -> list[str]:
     """Static W8A8 QDQ: per-channel int8 weights, uint8 activations calibrated (min-max) on
     ``calibration`` (batches of model inputs). Every operator onnxruntime can quantize is
     (Conv, MatMul, Gemm, Add, ...): with the residual adds in int8 too, ResNet-20 at batch 1
-    ran 2.1x the fp32 graph against 1.8x with Conv/MatMul/Gemm alone (BENCHMARKS.md D)."""
+    ran 2.1x the fp32 graph against 1.8x with Conv/MatMul/Gemm alone (BENCHMARKS.md D). With
+    ``float_ends`` the stem and the output layer stay in float (:func:`float_end_nodes`).
+    Returns the names of the nodes left in float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -265,6 +291,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[Any]) -> None:
         def get_next(self) -> dict[str, Any] | None:
             return next(self.batches, None)
 
+    kept_float = float_end_nodes(fp32) if float_ends else []
     with _quiet():
         quantize_static(
             str(fp32),
@@ -274,7 +301,9 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[Any]) -> None:
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
+            nodes_to_exclude=kept_float,
         )
+    return kept_float
 
 
 def smaller_model(
@@ -302,11 +331,13 @@ def export_onnx(
     masks: Mapping[str, torch.Tensor] | None = None,
     rtol: float = FP32_RTOL,
     fp32_path: Path | None = None,
+    float_ends: bool = True,
 ) -> dict[str, Any]:
     """Export ``model`` to ``path`` (fp32, or static int8 calibrated on ``calibration()``),
     check it against torch on ``inputs`` and return the report; ``path`` is replaced only by a
     checked file. Channel-prunable ``masks`` give the physically smaller graph. With ``int8``,
-    ``fp32_path`` keeps the checked fp32 graph too (one trace for both files)."""
+    ``fp32_path`` keeps the checked fp32 graph too (one trace for both files), and
+    ``float_ends`` leaves the stem and the output layer in float (:func:`float_end_nodes`)."""
     require_onnx()
     path = Path(path)
     if int8 and calibration is None:
@@ -328,7 +359,9 @@ def export_onnx(
         if int8:
             assert calibration is not None
             final = Path(tmp) / "int8.onnx"
-            quantize_int8(fp32, final, calibration())
+            report["int8_float_nodes"] = quantize_int8(
+                fp32, final, calibration(), float_ends=float_ends
+            )
             report["int8_check"] = {**against_torch(session(final), model, inputs)}
             report["int8_check"]["bytes"] = final.stat().st_size
             if fp32_path is not None:
@@ -358,6 +391,10 @@ class OnnxConfig(TypeConfig):
 
     format: Literal["onnx"] = "onnx"
     int8: bool = Field(False, description="static W8A8 (QDQ) instead of fp32")
+    float_ends: bool = Field(
+        True,
+        description="int8: leave the stem (a layer reading the input) and the output layer in float",
+    )
     calibration_samples: int = Field(1000, gt=0)
     seed: int = 0
     calibration_batches: int = Field(8, gt=0)
@@ -375,7 +412,13 @@ class OnnxExporter(Exporter):
         inputs, calibration = run_inputs(context, self.config)
         masks = {n: m for n in context.masks if (m := context.masks.get(n)) is not None}
         report = export_onnx(
-            model, Path(path), inputs, calibration=calibration, int8=self.config.int8, masks=masks
+            model,
+            Path(path),
+            inputs,
+            calibration=calibration,
+            int8=self.config.int8,
+            masks=masks,
+            float_ends=self.config.float_ends,
         )
         atomic_write_json(report, Path(path).with_suffix(".json"))
         return Path(path)

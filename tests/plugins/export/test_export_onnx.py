@@ -78,6 +78,31 @@ def test_cli_int8_export_is_quantized_and_checked(cnn_run: Path) -> None:
     assert 0 < check["max_abs_diff"] < check["logit_scale"]
     assert report["bytes"] == out.stat().st_size
     assert not list(out.parent.glob(".onnx-*"))  # no temporary left behind
+    # The stem (the first conv, reading the signal) and the classifier stay in float.
+    graph = onnx.load(str(out)).graph
+    weighted = [n for n in graph.node if n.op_type in {"Conv", "Gemm", "MatMul"}]
+    assert report["int8_float_nodes"] == [weighted[0].name, weighted[-1].name]
+    produced_by = {o: n for n in graph.node for o in n.output}
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    for node in weighted:
+        weight = node.input[1]
+        quantized = (
+            weight not in float_weights and produced_by[weight].op_type == "DequantizeLinear"
+        )
+        assert quantized == (node.name not in report["int8_float_nodes"])
+
+
+def test_int8_without_float_ends_quantizes_every_layer(tmp_path: Path) -> None:
+    model = mnist1d_cnn().eval()
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "all.onnx"
+    report = export_onnx(model, out, x, calibration=lambda: iter([x]), int8=True, float_ends=False)
+    assert report["int8_float_nodes"] == []
+    graph = onnx.load(str(out)).graph
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    for node in graph.node:
+        if node.op_type in {"Conv", "Gemm", "MatMul"}:
+            assert node.input[1] not in float_weights
 
 
 def test_channel_pruned_model_exports_the_smaller_graph(tmp_path: Path) -> None:
@@ -115,7 +140,13 @@ def test_cli_exports_a_tiny_gpt2_with_dynamic_batch_and_sequence(tmp_path: Path)
     report = json.loads((run / "export-onnx.json").read_text())
     assert report["dynamic_axes"] == {"batch": True, "sequence": True}
     assert report["fp32"]["relative_diff"] <= 1e-4
-    assert json.loads((run / "q.json").read_text())["int8_check"]["top1_agreement"] > 0.5
+    int8_report = json.loads((run / "q.json").read_text())
+    assert int8_report["int8_check"]["top1_agreement"] > 0.5
+    # Token ids are no features: only the LM head (the last MatMul) stays in float.
+    matmuls = [
+        n.name for n in onnx.load(str(run / "q.onnx")).graph.node if n.op_type in {"MatMul", "Gemm"}
+    ]
+    assert int8_report["int8_float_nodes"] == matmuls[-1:]
     model = restore_run(run).model.eval()
     graph = load(run / "export-onnx.onnx")
     assert [i.name for i in graph.get_inputs()] == ["input_ids"]
