@@ -315,7 +315,9 @@ class _Runner:
         return block(*_to(args, self.compute), **_to(kwargs, self.compute))
 
     def block(self, block: nn.Module, groups: list[Group], cache: list[Call], out: bool) -> Any:
-        """Calibrate and compress the block's groups; its outputs as the next inputs if ``out``."""
+        """Calibrate and compress the block's groups; with ``out``, replace each cached input by
+        the block's compressed output (the next block's input), so that the activations of one
+        block boundary are held at a time, not two."""
         if self.sequential == "exact":
             for group in groups:
                 self._calibrate(block, [group], cache)
@@ -326,11 +328,10 @@ class _Runner:
                 self.close_group(group)
         if not out:
             return None
-        nxt: list[Call] = []
-        for args, kwargs in cache:
+        for i, (args, kwargs) in enumerate(cache):  # in place: one boundary's activations held
             hidden = _to(_hidden(self.run_block(block, (args, kwargs))), self.store)
-            nxt.append(((hidden, *args[1:]), kwargs))
-        return nxt
+            cache[i] = ((hidden, *args[1:]), kwargs)
+        return cache
 
     def _calibrate(self, block: nn.Module, groups: list[Group], cache: list[Call]) -> None:
         sinks = [self.open_group(g) for g in groups]

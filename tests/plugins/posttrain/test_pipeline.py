@@ -113,6 +113,33 @@ def test_block_forwards_grow_linearly_with_depth(sequential: str) -> None:
     assert counts[1] - counts[0] == 2 * per_block
 
 
+@pytest.mark.parametrize("sequential", ["exact", "block"])
+def test_one_block_boundary_of_activations_is_held_at_a_time(sequential: str) -> None:
+    """Block 1's compressed pass replaces each cached input by its output as it goes: when it
+    runs on the last batch, the earlier batches' inputs are already freed (the issue's memory
+    bound: one boundary's activations, not two)."""
+    import gc
+    import weakref
+
+    net = llama(2)
+    seen: list[weakref.ref[torch.Tensor]] = []
+    alive: list[int] = []
+
+    def remember(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs["hidden_states"]
+        if not any(ref() is x for ref in seen):
+            seen.append(weakref.ref(x))
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in seen))
+
+    net.model.layers[0].register_forward_pre_hook(remember, with_kwargs=True)
+    config = {"kind": "sparsegpt", "calibration": {"sequential": sequential}}
+    operator = bound(config, net, token_batches(count=3))
+    operator.project(weights_of(operator), 0.5)
+    assert len(seen) == 4  # the probe's input, then one per batch
+    assert alive[-1] == 1  # the last batch's input alone; before: all three
+
+
 def test_layers_reading_one_input_share_one_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
     from compressor_plugins.posttrain import calibration
 
