@@ -209,10 +209,12 @@ class GroupQuantizer:
         grid: Grid = "symmetric",
     ) -> None:
         self.bits, self.group_size, self.keep, self.grid = bits, group_size, keep, grid
+        self.dense = bool(keep.all())  # nothing to keep at zero: skip the per-column select
         rows = weight.shape[0]
         self.absmax = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
         self.pin = torch.full((rows,), -1, dtype=torch.long, device=weight.device)
         self.sign = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
+        self.scale = torch.ones(rows, dtype=weight.dtype, device=weight.device)
         if group_size is None:
             self._grid(weight, 0)
 
@@ -222,6 +224,8 @@ class GroupQuantizer:
         self.absmax, where = kept.abs().max(dim=1)
         self.pin = where + first
         self.sign = torch.sign(kept.gather(1, where[:, None]).squeeze(1))
+        if self.grid == "compressed-tensors":
+            self.scale = ct_scale(self.absmax, self.bits)  # once per group, not per column
 
     def begin_block(self, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
         return None
@@ -232,11 +236,12 @@ class GroupQuantizer:
             self._grid(block[:, local : local + g], j)
         w = block[:, local]
         if self.grid == "compressed-tensors":  # no pinned entry: the exporter finds the scale
-            scale = ct_scale(self.absmax, self.bits)
-            value = ct_dequantize(ct_quantize(w, scale, self.bits), scale, w.dtype)
+            value = ct_dequantize(ct_quantize(w, self.scale, self.bits), self.scale, w.dtype)
         else:
             value = dequantize(quantize(w, self.absmax, self.bits), self.absmax, self.bits, w.dtype)
             value = torch.where(self.pin == j, self.sign * self.absmax, value)
+        if self.dense:
+            return value
         return torch.where(self.keep[:, j], value, torch.zeros_like(value))
 
 
