@@ -33,6 +33,7 @@ from compressor.contract.schedule import Schedule
 from compressor.contract.selection import Target
 from compressor.contract.steps import StepClock
 from compressor.contract.task import call_model
+from compressor.engine.distributed_exit import guard_distributed_exit
 from compressor.engine.masks import MaskSet
 from compressor.engine.precision import LossScaler, StepGuard
 from compressor.host.manager import Plugins, load_plugins
@@ -151,6 +152,7 @@ class Session:
         ]
         self._check_overlaps()
         self._check_regrowth()
+        guard_distributed_exit()  # DDP under torchrun: no abort at interpreter exit
         self._started = False
         self.evaluator: Callable[[], dict[str, float]] | None = None
         self.plugins.notify("session_started", context=self)
