@@ -212,3 +212,13 @@ def test_a_session_given_calibration_prunes_from_it() -> None:
     )
     for name, mask in expected.items():
         assert torch.equal(session.masks.get(name), mask)
+
+
+@pytest.mark.parametrize("n", [16, 256, 301, 768])
+def test_gram_is_the_full_product_exactly_symmetric(n: int) -> None:
+    x = torch.randn(500, n, generator=torch.Generator().manual_seed(n))
+    h = calibration.gram(x)
+    assert torch.equal(h, h.t())
+    torch.testing.assert_close(h, x.t() @ x, rtol=1e-6, atol=1e-4)
+    exact = calibration.gram(x.double())  # float64: the same sums as the float64 product
+    torch.testing.assert_close(exact, x.double().t() @ x.double(), rtol=1e-12, atol=1e-9)
