@@ -21,6 +21,7 @@ GPTQ on random-init copies of the model with N and 2N blocks, ``t(2N) / t(N)`` p
     .venv/bin/python -m bench.llm_ptq                 # pretrain once (~25 min), then ~minutes
     .venv/bin/python -m bench.llm_ptq --smoke         # seconds, no peer (CI)
     .venv/bin/python -m bench.llm_ptq --methods gptq wanda50 --modes block
+    .venv/bin/python -m bench.llm_ptq --repeats 3   # medians of 3 alternating launches
 
 Settings that cannot be matched exactly are listed in ``UNMATCHED`` and in the result file.
 Writes ``bench/results/llm_ptq.json`` (``llm_ptq-smoke.json``; ``--output``).
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=200, help="windows")
     parser.add_argument("--batch", type=int, default=16, help="compressor: windows per forward")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="launches per (library, method), medians reported"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, no peer, seconds")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "MODE"), help=argparse.SUPPRESS)
@@ -195,8 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for method in args.methods:
-        for library, mode in libraries:
-            figures = run_one(library, model_dir, calib, method, mode, work, args)
+        samples: dict[tuple[str, str], list[dict[str, Any]]] = {lib: [] for lib in libraries}
+        for _ in range(args.repeats):  # alternating launches: host noise hits both alike
+            for library, mode in libraries:
+                samples[library, mode].append(
+                    run_one(library, model_dir, calib, method, mode, work, args)
+                )
+        for (library, mode), runs in samples.items():
+            figures = median_figures(runs)
             figures["perplexity"] = score(model_dir, Path(figures["out"]) / "weights.pt", held_out)
             figures |= {"library": library, "mode": mode}
             rows.append(figures)
@@ -218,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_payload(payload, args.output or result_path(name))
     return 0
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One (library, method)'s launches: the median of each figure, and every sample kept."""
+    keys = ("seconds", "cpu_seconds", "peak_rss_mib")
+    out = {**runs[-1], **{k: statistics.median(r[k] for r in runs) for k in keys}}
+    out["samples"] = {k: [r[k] for r in runs] for k in keys}
+    return out
 
 
 def _load(model_dir: Path) -> torch.nn.Module:

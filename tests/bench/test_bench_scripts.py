@@ -277,7 +277,9 @@ def test_llm_ptq_smoke_compresses_the_pretrained_model_with_every_method(tmp_pat
     pytest.importorskip("transformers")
     output = tmp_path / "llm_ptq-smoke.json"
     env = {**os.environ, "COMPRESSOR_BENCH_CACHE": str(tmp_path / "cache")}
-    stdout = run_smoke("llm_ptq", "--modes", "block", "exact", "--output", str(output), env=env)
+    stdout = run_smoke(
+        "llm_ptq", "--modes", "block", "exact", "--repeats", "2", "--output", str(output), env=env
+    )
     assert "| method | library | mode |" in stdout
     data = json.loads(output.read_text())
     methods = {"gptq", "rtn", "sparsegpt50", "sparsegpt24", "wanda50"}
@@ -286,6 +288,8 @@ def test_llm_ptq_smoke_compresses_the_pretrained_model_with_every_method(tmp_pat
     }
     for row in data["results"]:
         assert row["library"] == "compressor"
+        assert len(row["samples"]["seconds"]) == 2  # --repeats: the median of two launches
+        assert min(row["samples"]["seconds"]) <= row["seconds"] <= max(row["samples"]["seconds"])
         assert 1.0 < row["perplexity"] < 1e4  # finite, a real score
         weights = __import__("torch").load(Path(row["out"]) / "weights.pt")
         down = weights["model.layers.0.mlp.down_proj.weight"]
