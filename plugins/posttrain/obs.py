@@ -55,7 +55,8 @@ class ColumnRule(Protocol):
         """Called with the block's current weights ``[rows, b]`` and ``U``'s diagonal on it."""
 
     def column(self, j: int, local: int, block: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
-        """The compressed value of column ``j`` (``block[:, local]``), ``[rows]``."""
+        """The compressed value of column ``j`` (``block[:, local]``), ``[rows]``: a new tensor,
+        ``block`` left as it is (the sweep reads the column's old value after the call)."""
 
 
 def obs_sweep(
@@ -72,9 +73,8 @@ def obs_sweep(
         errors = torch.empty_like(block)
         rule.begin_block(start, block, diag)
         for local in range(stop - start):
-            current = block[:, local].clone()
-            value = rule.column(start + local, local, block, diag)
-            error = (current - value) / diag[local]
+            value = rule.column(start + local, local, block, diag)  # a new tensor: no clone
+            error = (block[:, local] - value).div_(diag[local])
             block[:, local + 1 :].addr_(error, ub[local, local + 1 :], alpha=-1.0)
             block[:, local] = value
             errors[:, local] = error

@@ -215,6 +215,7 @@ class GroupQuantizer:
         self.pin = torch.full((rows,), -1, dtype=torch.long, device=weight.device)
         self.sign = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
         self.scale = torch.ones(rows, dtype=weight.dtype, device=weight.device)
+        self.divisor = self.scale
         if group_size is None:
             self._grid(weight, 0)
 
@@ -224,8 +225,9 @@ class GroupQuantizer:
         self.absmax, where = kept.abs().max(dim=1)
         self.pin = where + first
         self.sign = torch.sign(kept.gather(1, where[:, None]).squeeze(1))
-        if self.grid == "compressed-tensors":
-            self.scale = ct_scale(self.absmax, self.bits)  # once per group, not per column
+        if self.grid == "compressed-tensors":  # once per group, not per column
+            self.scale = ct_scale(self.absmax, self.bits)
+            self.divisor = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))
 
     def begin_block(self, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
         return None
@@ -236,7 +238,9 @@ class GroupQuantizer:
             self._grid(block[:, local : local + g], j)
         w = block[:, local]
         if self.grid == "compressed-tensors":  # no pinned entry: the exporter finds the scale
-            value = ct_dequantize(ct_quantize(w, self.scale, self.bits), self.scale, w.dtype)
+            # ct_dequantize(ct_quantize(w)) without the int8 round trip (integers are exact)
+            low, high = ct_range(self.bits)
+            value = torch.round(w / self.divisor).clamp_(low, high).mul_(self.scale)
         else:
             value = dequantize(quantize(w, self.absmax, self.bits), self.absmax, self.bits, w.dtype)
             value = torch.where(self.pin == j, self.sign * self.absmax, value)
