@@ -259,10 +259,11 @@ def depth_rows(
         folders[blocks] = folder
     rows = []
     for library, mode in libraries:
-        runs = {
-            blocks: run_one(library, folder, calib, "gptq", mode, work, args)
-            for blocks, folder in folders.items()
-        }
+        launches: dict[int, list[dict[str, Any]]] = {blocks: [] for blocks in folders}
+        for _ in range(args.repeats):  # N, 2N, N, 2N, ...: medians of alternating launches
+            for blocks, folder in folders.items():
+                launches[blocks].append(run_one(library, folder, calib, "gptq", mode, work, args))
+        runs = {blocks: median_figures(samples) for blocks, samples in launches.items()}
         n, deep = runs[spec.blocks], runs[2 * spec.blocks]
         row = {
             "library": library,
@@ -271,6 +272,7 @@ def depth_rows(
             "cpu_seconds": {"N": n["cpu_seconds"], "2N": deep["cpu_seconds"]},
             "ratio": deep["seconds"] / n["seconds"],
             "cpu_ratio": deep["cpu_seconds"] / n["cpu_seconds"],
+            "samples": {"N": n["samples"]["seconds"], "2N": deep["samples"]["seconds"]},
         }
         rows.append(row)
         print(
