@@ -25,8 +25,6 @@ import torch.distributed as dist
 
 SETTLE_S = 0.05  # far above a scheduler period: a runnable worker thread gets the CPU by then
 
-_registered = False
-
 
 def settle_before_exit() -> None:
     """The exit handler: yield the CPU and the GIL to gloo's worker threads."""
@@ -34,10 +32,10 @@ def settle_before_exit() -> None:
 
 
 def guard_distributed_exit() -> bool:
-    """Register :func:`settle_before_exit` once, if this process is in a process group.
-    Returns whether the guard is registered."""
-    global _registered
-    if not _registered and dist.is_available() and dist.is_initialized():
-        atexit.register(settle_before_exit)
-        _registered = True
-    return _registered
+    """Register :func:`settle_before_exit` (once: a second call replaces the first), if this
+    process is in a process group. Returns whether it is in one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    atexit.unregister(settle_before_exit)
+    atexit.register(settle_before_exit)
+    return True

@@ -23,8 +23,12 @@ RECIPE = "name: own-loop\ntrain: {epochs: 1}\noptimizer: {name: sgd, lr: 0.1}\n"
 def registered(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], Any]]:
     """The exit handlers registered from now on (none for real)."""
     handlers: list[Callable[[], Any]] = []
-    monkeypatch.setattr(distributed_exit, "_registered", False)
+
+    def unregister(handler: Callable[[], Any]) -> None:
+        handlers[:] = [h for h in handlers if h is not handler]
+
     monkeypatch.setattr(distributed_exit.atexit, "register", handlers.append)
+    monkeypatch.setattr(distributed_exit.atexit, "unregister", unregister)
     return handlers
 
 
