@@ -77,7 +77,7 @@ from compressor.kit.files import (
     staged,
 )
 from compressor.kit.gradual import GradualModifier, apply_masks, apply_projection
-from compressor.kit.grids import ct_dequantize, ct_quantize, ct_range, ct_scale
+from compressor.kit.grids import ct_dequantize, ct_quantize, ct_range, ct_round, ct_scale
 from compressor.kit.latency import compare_latency, interleaved_times
 from compressor.kit.nm import (
     NMSkippedWarning,
@@ -212,6 +212,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "ct_scale",
     "ct_quantize",
     "ct_dequantize",
+    "ct_round",
     # Helpers: selecting weights, BatchNorm, files, threads, model outputs, steps
     "select",
     "select_targets",

@@ -27,3 +27,12 @@ def ct_quantize(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.T
 def ct_dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``float(q)·scale`` in ``dtype``: compressed-tensors' decompression, bit for bit."""
     return codes.to(dtype) * scale.to(dtype)
+
+
+def ct_round(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The grid value of ``weight``: ``ct_dequantize(ct_quantize(weight, scale, bits), scale,
+    weight.dtype)`` in one pass, without the int8 round trip (the codes are integers, exact in
+    ``weight``'s dtype). GPTQ calls it once per column."""
+    low, high = ct_range(bits)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(weight / safe).clamp_(low, high).mul_(scale.to(weight.dtype))

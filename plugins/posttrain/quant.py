@@ -53,6 +53,7 @@ from compressor.plugin_api import (
     ct_dequantize,
     ct_quantize,
     ct_range,
+    ct_round,
     ct_scale,
     hookimpl,
 )
@@ -153,7 +154,7 @@ def round_to_grid(
     scale = expand_groups(
         ct_scale(group_absmax(weight, group_size), bits), group_size, weight.shape[1]
     )
-    return ct_dequantize(ct_quantize(weight, scale, bits), scale, weight.dtype)
+    return ct_round(weight, scale, bits)
 
 
 def quant_label(prefix: str, bits: int, group_size: int | None) -> str:
@@ -215,7 +216,6 @@ class GroupQuantizer:
         self.pin = torch.full((rows,), -1, dtype=torch.long, device=weight.device)
         self.sign = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
         self.scale = torch.ones(rows, dtype=weight.dtype, device=weight.device)
-        self.divisor = self.scale
         if group_size is None:
             self._grid(weight, 0)
 
@@ -227,7 +227,6 @@ class GroupQuantizer:
         self.sign = torch.sign(kept.gather(1, where[:, None]).squeeze(1))
         if self.grid == "compressed-tensors":  # once per group, not per column
             self.scale = ct_scale(self.absmax, self.bits)
-            self.divisor = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))
 
     def begin_block(self, start: int, block: torch.Tensor, diag: torch.Tensor) -> None:
         return None
@@ -238,9 +237,7 @@ class GroupQuantizer:
             self._grid(block[:, local : local + g], j)
         w = block[:, local]
         if self.grid == "compressed-tensors":  # no pinned entry: the exporter finds the scale
-            # ct_dequantize(ct_quantize(w)) without the int8 round trip (integers are exact)
-            low, high = ct_range(self.bits)
-            value = torch.round(w / self.divisor).clamp_(low, high).mul_(self.scale)
+            value = ct_round(w, self.scale, self.bits)
         else:
             value = dequantize(quantize(w, self.absmax, self.bits), self.absmax, self.bits, w.dtype)
             value = torch.where(self.pin == j, self.sign * self.absmax, value)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from compressor.cli.main import main
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
+from tests.support.llama import tiny_llama  # noqa: E402
+
 torch.set_num_threads(1)
 
 SPARSEGPT = """name: sgpt
@@ -32,17 +34,10 @@ WINDOWS = ["--samples", "4", "--seq-len", "32", "--eval-samples", "3"]
 
 def llama_folder(folder: Path, vocab: int = 256, layers: int = 2) -> Path:
     """A random-init byte-level Llama saved as a Hugging Face folder (no tokenizer)."""
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    model = tiny_llama(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers
     )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     return folder
 
 

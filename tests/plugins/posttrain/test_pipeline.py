@@ -12,6 +12,7 @@ from torch import nn
 
 from tests.plugins.posttrain.support import bound, layer_by_layer, weights_of
 from tests.support.cram import tiny_model
+from tests.support.llama import tiny_llama
 
 transformers = pytest.importorskip(
     "transformers", reason="the hf extra (transformers) is not installed"
@@ -26,19 +27,7 @@ CONFIGS = [
 
 
 def llama(layers: int = 2, seed: int = 0) -> nn.Module:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config)
-    model.eval()
-    return model
+    return tiny_llama(seed=seed, num_hidden_layers=layers)
 
 
 def gpt2() -> nn.Module:
