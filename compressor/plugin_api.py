@@ -50,6 +50,7 @@ from compressor.contract.schedule import Schedule
 from compressor.contract.selection import SelectionConfig, Target
 from compressor.contract.steps import StepClock, StepSpec, epochs_of, same_unit_order
 from compressor.contract.task import Task, call_model, logits_of
+from compressor.kit.allocator import release_freed_memory, reuse_freed_memory
 from compressor.kit.bits import pack_bits, unpack_bits
 from compressor.kit.bn import batchnorm_layers, freeze_bn_stats, recalibrate_bn
 from compressor.kit.channel_removal import (
@@ -213,7 +214,7 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "ct_quantize",
     "ct_dequantize",
     "ct_round",
-    # Helpers: selecting weights, BatchNorm, files, threads, model outputs, steps
+    # Helpers: selecting weights, BatchNorm, files, threads, memory, model outputs, steps
     "select",
     "select_targets",
     "matches",
@@ -230,6 +231,8 @@ __all__ = [  # noqa: RUF022 — grouped by role, not sorted
     "require_package",
     "stdlib_text",
     "torch_threads",
+    "reuse_freed_memory",
+    "release_freed_memory",
     "call_model",
     "logits_of",
     "epochs_of",
