@@ -22,7 +22,7 @@ from compressor_plugins.export.onnx_export import OnnxExportError, export_graph,
 from tests.plugins.export.test_export_pruned import channel_masks, masked_copy  # noqa: E402
 from tests.plugins.zoo.test_hf import GPT2, write_text  # noqa: E402
 from tests.support import ROOT  # noqa: E402
-from tests.support.channel import mnist1d_cnn  # noqa: E402
+from tests.support.channel import RESNET_SHAPE, mnist1d_cnn, resnet20  # noqa: E402
 from tests.support.docs import marked_blocks  # noqa: E402
 
 CNN = """\
@@ -122,6 +122,29 @@ def test_channel_pruned_model_exports_the_smaller_graph(tmp_path: Path) -> None:
         expected = masked(x).numpy()
     got = load(tmp_path / "small.onnx").run(None, {"input": x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_int8_graph_of_a_channel_pruned_model_has_widths_of_16(tmp_path: Path) -> None:
+    # ONNX Runtime's int8 convolutions are slower at 8 channels than at 16: the int8 graph keeps
+    # zero channels up to 16, the fp32 graph beside it is the smaller one; both give the same
+    # numbers as the masked model.
+    model = resnet20()
+    masks = channel_masks(model)
+    masked = masked_copy(model, masks)
+    x = torch.randn(16, *RESNET_SHAPE, generator=torch.Generator().manual_seed(0))
+    int8, fp32 = tmp_path / "int8.onnx", tmp_path / "fp32.onnx"
+    report = export_onnx(
+        masked, int8, x, calibration=lambda: iter([x]), int8=True, masks=masks, fp32_path=fp32
+    )
+    assert report["params"]["pruned"] < report["int8_params"]["pruned"]
+
+    def conv_widths(path: Path) -> set[int]:  # output channels of every 4-D weight
+        return {i.dims[0] for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 4}
+
+    assert 8 in conv_widths(fp32) and 8 not in conv_widths(int8)
+    assert conv_widths(int8) <= {16, 32}
+    assert report["fp32"]["relative_diff"] <= 1e-4
+    assert report["int8_check"]["top1_agreement"] >= 0.8
 
 
 def test_cli_exports_a_tiny_gpt2_with_dynamic_batch_and_sequence(tmp_path: Path) -> None:

@@ -63,6 +63,23 @@ def test_exported_model_matches_masked_model_and_is_smaller(build, shape) -> Non
     assert sum(p.numel() for p in small.parameters()) == report["params"]["pruned"]
 
 
+def test_width_multiple_keeps_zero_channels_up_to_a_multiple_and_the_same_outputs() -> None:
+    model = resnet20()  # widths 16/32/64, halved by the masks to 8/16/32
+    masks = channel_masks(model)
+    _, narrow = export_pruned(model, masks)
+    wide, report = export_pruned(model, masks, width_multiple=16)
+    kept = sorted(g["kept"] for g in report["groups"].values())
+    assert sorted(g["kept"] for g in narrow["groups"].values()) != kept  # 8 -> 16 somewhere
+    for group in report["groups"].values():
+        assert group["kept"] % 16 == 0 or group["kept"] == group["channels"]
+    for root, group in report["groups"].items():  # never narrower than without the multiple
+        assert group["kept"] >= narrow["groups"][root]["kept"]
+    assert narrow["params"]["pruned"] < report["params"]["pruned"] < report["params"]["dense"]
+    x = torch.randn(3, *RESNET_SHAPE)
+    with torch.no_grad():
+        assert (wide(x) - masked_copy(model, masks)(x)).abs().max().item() <= 1e-5
+
+
 def test_zeroed_channels_are_found_without_masks() -> None:
     model = mnist1d_cnn()
     with torch.no_grad():
