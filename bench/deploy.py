@@ -10,8 +10,9 @@ Two halves, one result file (``bench/results/deploy.json``):
   thread, timed in alternation at batch 1 and 64; medians of process CPU time (wall medians
   beside them). torch runs with glibc's malloc thresholds fixed (``reuse_freed_memory``):
   with glibc's defaults its batch-64 forwards fault their activations in afresh and run
-  25-35% slower, by an amount that changes from process to process. Latency does not depend on the weights' values, so the models are freshly
-  initialised and int8 is calibrated on random inputs.
+  25-35% slower, by an amount that changes from process to process. Latency does not depend
+  on the weights' values, so the models are freshly initialised and int8 is calibrated on
+  random inputs.
 * **accuracy** (the study ``bench/studies/deploy.yaml``: SGD and CrAM+ Multi on the Q model,
   3 seeds): the int8 model's test accuracy measured in ONNX Runtime against the float model's,
   from the ``deployment`` evaluator.

@@ -10,8 +10,9 @@ to the kernel and the next forward faults every page in afresh: on the language-
 reach (mmap 32 MiB, trim twice that): blocks up to 32 MiB come from the heap, and up to 64 MiB
 freed at its top stays mapped for the next batch. Peak memory is unchanged (freed blocks are
 reused, not added). It does nothing where the process's allocator is not glibc's, or where the
-user has set these thresholds already (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-``GLIBC_TUNABLES``), and :func:`release_freed_memory` hands the free heap back afterwards.
+user has tuned malloc already (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_``, or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``), and
+:func:`release_freed_memory` hands the free heap back afterwards.
 """
 
 from __future__ import annotations

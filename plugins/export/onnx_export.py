@@ -355,20 +355,21 @@ def export_onnx(
     if int8 and removal.get("channels_removed"):
         wider, widths = smaller_model(model, masks or {}, inputs, INT8_WIDTH)
         if widths["params"] != removal["params"]:
-            padded, report["int8_params"] = wider, widths["params"]
+            padded = wider
+            report["int8_params"] = widths["params"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         report["dynamic_axes"] = export_graph(padded, inputs, fp32)
         report["fp32"] = _checked_fp32(fp32, padded, inputs, rtol)
-        model, final = padded, fp32
+        final = fp32
         if int8:
             assert calibration is not None
             final = Path(tmp) / "int8.onnx"
             report["int8_float_nodes"] = quantize_int8(
                 fp32, final, calibration(), float_ends=float_ends
             )
-            report["int8_check"] = {**against_torch(session(final), model, inputs)}
+            report["int8_check"] = {**against_torch(session(final), padded, inputs)}
             report["int8_check"]["bytes"] = final.stat().st_size
             if fp32_path is not None and padded is not small:  # the fp32 graph: unpadded
                 export_graph(small, inputs, fp32)

@@ -24,8 +24,9 @@ an LM head) is calibrated with model forwards stopped after its hook, as before.
 each block is moved there while it is processed and back afterwards.
 
 **Memory.** A pass frees and allocates a batch's activations over and over; under glibc they
-stay mapped for reuse while the pipeline runs (``compressor.kit.allocator``), which saves the
-page faults that were a sixth of a language model's compression time.
+stay mapped for reuse (``compressor.kit.allocator``: its thresholds are set when the pipeline
+starts and stay set), which saves the page faults that were a sixth of a language model's
+compression time.
 """
 
 from __future__ import annotations
