@@ -147,6 +147,29 @@ def test_int8_graph_of_a_channel_pruned_model_has_widths_of_16(tmp_path: Path) -
     assert report["int8_check"]["top1_agreement"] >= 0.8
 
 
+def test_cli_int8_export_of_a_channel_run_pads_widths_to_16(tmp_path: Path) -> None:
+    # A channel-pruned run through the CLI: width 24 pruned to 12, 16 wide in the int8 graph,
+    # 12 in the fp32 one; onnxruntime loads it and agrees with the model that wrote it.
+    recipe = CNN.replace("width: 8", "width: 24").replace("name: tinycnn", "name: chan") + (
+        "modifiers:\n  - {type: gmp, operator: {kind: channel}, "
+        "schedule: {kind: linear, final: 0.5, end: 2, every: 1}}\n"
+    )
+    (tmp_path / "r.yaml").write_text(recipe)
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "int8" / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--int8", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["channels_removed"]
+    assert report["params"]["pruned"] < report["int8_params"]["pruned"] < report["params"]["dense"]
+    widths = {i.dims[0] for i in onnx.load(str(out)).graph.initializer if len(i.dims) == 3}
+    assert 12 not in widths and 16 in widths
+    assert report["fp32"]["relative_diff"] <= 1e-4
+    assert report["int8_check"]["top1_agreement"] >= 0.8
+    x = np.random.default_rng(0).standard_normal((4, 40)).astype(np.float32)
+    assert load(out).run(None, {load(out).get_inputs()[0].name: x})[0].shape == (4, 10)
+
+
 def test_cli_exports_a_tiny_gpt2_with_dynamic_batch_and_sequence(tmp_path: Path) -> None:
     write_text(tmp_path / "corpus.txt")
     (tmp_path / "r.yaml").write_text(
